@@ -1,0 +1,54 @@
+/**
+ * Two-way copy between connections, with half-close and backpressure.
+ *
+ * @module
+ */
+
+import type { Conn } from "./transport/types.ts";
+
+/** Bytes moved by {@linkcode pipe}, each way. */
+export interface PipeResult {
+  /** Bytes copied from `a` to `b`. */
+  aToB: number;
+  /** Bytes copied from `b` to `a`. */
+  bToA: number;
+  /** The first error, if the pipe ended by one; both ends were then reset. */
+  error: Error | null;
+}
+
+/**
+ * Copies bytes both ways until both directions have ended. An end of input on
+ * one side becomes a half-close on the other, so a request/response protocol
+ * that shuts down writing still gets its full reply. An error on either side
+ * resets both, so neither peer mistakes a broken transfer for a complete one.
+ * Both connections are closed when the pipe resolves; it never rejects.
+ *
+ * @param a one end
+ * @param b the other end
+ * @returns bytes copied each way, and the error that ended it, if any
+ */
+export async function pipe(a: Conn, b: Conn): Promise<PipeResult> {
+  const result: PipeResult = { aToB: 0, bToA: 0, error: null };
+  const fail = (error: unknown) => {
+    if (result.error === null) result.error = error instanceof Error ? error : new Error(String(error));
+    a.reset();
+    b.reset();
+  };
+  await Promise.all([
+    copy(a, b, (n) => result.aToB += n).catch(fail),
+    copy(b, a, (n) => result.bToA += n).catch(fail),
+  ]);
+  a.close();
+  b.close();
+  return result;
+}
+
+/** Copies `from` into `to` until end of input, then half-closes `to`. */
+async function copy(from: Conn, to: Conn, count: (n: number) => void): Promise<void> {
+  for (;;) {
+    const chunk = await from.read();
+    if (chunk === null) return to.closeWrite();
+    await to.write(chunk);
+    count(chunk.length);
+  }
+}

@@ -1,0 +1,200 @@
+/**
+ * Frame encoding and a push decoder: bytes in, frames out, no I/O.
+ *
+ * @module
+ */
+
+import { ProtocolError } from "./errors.ts";
+import { type Frame, HEADER_LENGTH, MAX_PAYLOAD, PROTOCOL_VERSION } from "./frame.ts";
+
+/**
+ * Writes a frame header into `target` at `offset`.
+ *
+ * @param target buffer with at least 16 bytes free at `offset`
+ * @param offset where the header starts
+ * @param type frame type
+ * @param streamId stream id, 0 for the session
+ * @param length payload length
+ * @param version protocol version to put in the header
+ */
+export function writeHeader(
+  target: Uint8Array,
+  offset: number,
+  type: number,
+  streamId: number,
+  length: number,
+  version: number = PROTOCOL_VERSION,
+): void {
+  writeUint32(target, offset, version);
+  writeUint32(target, offset + 4, streamId);
+  writeUint32(target, offset + 8, type);
+  writeUint32(target, offset + 12, length);
+}
+
+/**
+ * Encodes one frame into a new buffer. The session writes frames straight into
+ * its output buffer instead; this is for handshakes, tests and tools.
+ *
+ * @param type frame type
+ * @param streamId stream id, 0 for the session
+ * @param payload payload bytes, at most {@linkcode MAX_PAYLOAD}
+ * @param version protocol version to put in the header
+ * @returns header and payload in one buffer
+ * @throws {RangeError} if the payload is larger than {@linkcode MAX_PAYLOAD}
+ */
+export function encodeFrame(
+  type: number,
+  streamId: number,
+  payload: Uint8Array = EMPTY,
+  version: number = PROTOCOL_VERSION,
+): Uint8Array {
+  if (payload.length > MAX_PAYLOAD) {
+    throw new RangeError(
+      `Cannot encode frame: payload is ${payload.length} bytes, the limit is ${MAX_PAYLOAD}`,
+    );
+  }
+  const out = new Uint8Array(HEADER_LENGTH + payload.length);
+  writeHeader(out, 0, type, streamId, payload.length, version);
+  out.set(payload, HEADER_LENGTH);
+  return out;
+}
+
+/** Options for {@linkcode FrameDecoder}. */
+export interface DecoderOptions {
+  /**
+   * Largest payload accepted; a larger length in a header is a protocol error.
+   * @default {MAX_PAYLOAD}
+   */
+  maxPayload?: number;
+}
+
+/**
+ * A push decoder: feed it bytes as they arrive, in chunks of any size, and it
+ * calls `onFrame` for each complete frame. Payloads of frames that arrive whole
+ * are views into the pushed chunk (no copy); the caller owns pushed chunks.
+ */
+export class FrameDecoder {
+  readonly #onFrame: (frame: Frame) => void;
+  readonly #maxPayload: number;
+  readonly #header = new Uint8Array(HEADER_LENGTH);
+  #headerFill = 0;
+  #version = 0;
+  #streamId = 0;
+  #type = 0;
+  #payload: Uint8Array | null = null;
+  #payloadFill = 0;
+  #failed: ProtocolError | null = null;
+
+  /**
+   * @param onFrame called for each frame, in order
+   * @param options limits
+   */
+  constructor(onFrame: (frame: Frame) => void, options: DecoderOptions = {}) {
+    this.#onFrame = onFrame;
+    this.#maxPayload = options.maxPayload ?? MAX_PAYLOAD;
+  }
+
+  /** Bytes held for an incomplete frame. */
+  get buffered(): number {
+    return this.#headerFill + this.#payloadFill;
+  }
+
+  /**
+   * Decodes as many frames as `chunk` completes.
+   *
+   * @throws {ProtocolError} on a bad version or an oversize length; the decoder
+   *   then refuses further input, since the stream of bytes has lost its framing.
+   */
+  push(chunk: Uint8Array): void {
+    if (this.#failed) throw this.#failed;
+    let offset = 0;
+    const end = chunk.length;
+    while (offset < end) {
+      if (this.#payload !== null) {
+        // Finishing a payload that started in an earlier chunk.
+        const take = Math.min(this.#payload.length - this.#payloadFill, end - offset);
+        this.#payload.set(chunk.subarray(offset, offset + take), this.#payloadFill);
+        this.#payloadFill += take;
+        offset += take;
+        if (this.#payloadFill === this.#payload.length) this.#emit(this.#payload);
+        continue;
+      }
+      let length: number;
+      if (this.#headerFill === 0 && end - offset >= HEADER_LENGTH) {
+        // Fast path: the whole header is in this chunk.
+        length = this.#readHeader(chunk, offset);
+        offset += HEADER_LENGTH;
+      } else {
+        const take = Math.min(HEADER_LENGTH - this.#headerFill, end - offset);
+        this.#header.set(chunk.subarray(offset, offset + take), this.#headerFill);
+        this.#headerFill += take;
+        offset += take;
+        if (this.#headerFill < HEADER_LENGTH) return;
+        this.#headerFill = 0;
+        length = this.#readHeader(this.#header, 0);
+      }
+      if (end - offset >= length) {
+        this.#emit(chunk.subarray(offset, offset + length));
+        offset += length;
+      } else {
+        this.#payload = new Uint8Array(length);
+        this.#payloadFill = 0;
+      }
+    }
+  }
+
+  #readHeader(bytes: Uint8Array, at: number): number {
+    const version = readUint32(bytes, at);
+    const length = readUint32(bytes, at + 12);
+    if (version !== PROTOCOL_VERSION) {
+      const hint = version === 1
+        ? " (version 1 is the O3SR Ruby gem, which has no handshake or flow control; run o3sr on both ends)"
+        : "";
+      this.#fail(
+        new ProtocolError(
+          "bad-version",
+          `peer sent protocol version ${version}, this build speaks ${PROTOCOL_VERSION}${hint}`,
+        ),
+      );
+    }
+    if (length > this.#maxPayload) {
+      this.#fail(
+        new ProtocolError(
+          "oversize-frame",
+          `peer sent a frame of ${length} bytes, the limit is ${this.#maxPayload}`,
+        ),
+      );
+    }
+    this.#version = version;
+    this.#streamId = readUint32(bytes, at + 4);
+    this.#type = readUint32(bytes, at + 8);
+    return length;
+  }
+
+  #emit(payload: Uint8Array): void {
+    this.#payload = null;
+    this.#payloadFill = 0;
+    this.#onFrame({ version: this.#version, streamId: this.#streamId, type: this.#type, payload });
+  }
+
+  #fail(error: ProtocolError): never {
+    this.#failed = error;
+    throw error;
+  }
+}
+
+/** An empty payload, shared. */
+export const EMPTY: Uint8Array = new Uint8Array(0);
+
+/** Reads a big-endian uint32 at `at`. */
+export function readUint32(bytes: Uint8Array, at: number): number {
+  return ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3]) >>> 0;
+}
+
+/** Writes `value` as a big-endian uint32 at `at`. */
+export function writeUint32(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value >>> 24;
+  bytes[at + 1] = value >>> 16;
+  bytes[at + 2] = value >>> 8;
+  bytes[at + 3] = value;
+}

@@ -1,0 +1,511 @@
+/**
+ * A session: many streams over one connection. It runs the handshake, routes
+ * frames to streams, answers heartbeats, and ends cleanly (go-away) or on the
+ * first protocol violation, without disturbing other sessions.
+ *
+ * @module
+ */
+
+import { errorMessage, toError } from "../errors.ts";
+import { type Addr, type Conn, ConnectionClosedError } from "../transport/types.ts";
+import { EMPTY, FrameDecoder } from "./codec.ts";
+import { ProtocolError } from "./errors.ts";
+import {
+  type Frame,
+  frameTypeName,
+  FrameType,
+  isKnownFrameType,
+  MAX_PAYLOAD,
+  MAX_STREAM_ID,
+  MAX_WINDOW,
+} from "./frame.ts";
+import { Stream, type StreamHost } from "./stream.ts";
+import { FrameWriter } from "./writer.ts";
+
+/** The JSON object each side sends in its HELLO frame. */
+export interface Hello {
+  /** Receive window the sender grants each new stream, in bytes. */
+  window: number;
+  /** Any further fields: role, software version, extensions. */
+  [key: string]: unknown;
+}
+
+/** Tunables of a session; every field has a default. */
+export interface SessionOptions {
+  /**
+   * Which end of the connection this is. The dialer (relay) sends its HELLO
+   * first; the acceptor (matcher) answers. Acceptor-opened streams get odd
+   * ids, dialer-opened streams even ones, so ids never collide.
+   */
+  side: "dialer" | "acceptor";
+  /** Fields for this side's HELLO (the window is added). */
+  hello?: Record<string, unknown>;
+  /** Inspects the peer's HELLO; throw to refuse the session with that message. */
+  checkHello?: (hello: Hello) => void;
+  /**
+   * Receive window granted to each stream, in bytes.
+   * @default {1048576}
+   */
+  window?: number;
+  /**
+   * Largest TRAFFIC payload this side sends.
+   * @default {131072}
+   */
+  maxFramePayload?: number;
+  /**
+   * Largest payload accepted from the peer.
+   * @default {MAX_PAYLOAD}
+   */
+  maxPayload?: number;
+  /**
+   * Queued outgoing bytes above which stream writers wait.
+   * @default {262144}
+   */
+  writeHighWater?: number;
+  /**
+   * Milliseconds between PINGs; 0 disables heartbeats.
+   * @default {10000}
+   */
+  heartbeatInterval?: number;
+  /**
+   * Milliseconds of silence after which the peer is declared dead.
+   * @default {30000}
+   */
+  heartbeatTimeout?: number;
+  /**
+   * Milliseconds allowed for the handshake.
+   * @default {10000}
+   */
+  handshakeTimeout?: number;
+  /**
+   * Streams open at once; further CONNECTs are refused with a reset.
+   * @default {65536}
+   */
+  maxStreams?: number;
+  /** Called for each stream the peer opens. Without it, such streams are refused. */
+  onStream?: (stream: Stream) => void;
+}
+
+/** A snapshot of a session's counters. */
+export interface SessionStats {
+  /** Streams open now. */
+  openStreams: number;
+  /** Streams opened since the session began, by either side. */
+  totalStreams: number;
+  /** Stream payload bytes sent. */
+  bytesSent: number;
+  /** Stream payload bytes received. */
+  bytesReceived: number;
+  /** Last heartbeat round-trip time in milliseconds, or null before the first. */
+  rttMs: number | null;
+  /** When the session began (ms since the epoch). */
+  since: number;
+}
+
+/** Session defaults, shared with config so that help texts show them. */
+export const SESSION_DEFAULTS = {
+  window: 1024 * 1024,
+  maxFramePayload: 128 * 1024,
+  writeHighWater: 256 * 1024,
+  heartbeatInterval: 10_000,
+  heartbeatTimeout: 30_000,
+  handshakeTimeout: 10_000,
+  maxStreams: 65_536,
+} as const;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Streams multiplexed over one connection. */
+export class Session implements StreamHost {
+  /** The frame writer shared by all streams. */
+  readonly writer: FrameWriter;
+  /** Largest TRAFFIC payload this side sends. */
+  readonly maxFramePayload: number;
+  readonly #conn: Conn;
+  readonly #options: SessionOptions;
+  readonly #window: number;
+  readonly #streams = new Map<number, Stream>();
+  readonly #decoder: FrameDecoder;
+  #state: "handshake" | "open" | "closed" = "handshake";
+  #peerHello: Hello | null = null;
+  #nextId: number;
+  #lastPeerId = 0;
+  #sentGoAway = false;
+  #receivedGoAway = false;
+  #lastReceived = Date.now();
+  #timer: ReturnType<typeof setInterval> | null = null;
+  #handshakeTimer: ReturnType<typeof setTimeout> | null = null;
+  #stats: SessionStats = {
+    openStreams: 0,
+    totalStreams: 0,
+    bytesSent: 0,
+    bytesReceived: 0,
+    rttMs: null,
+    since: Date.now(),
+  };
+  #closeReason = "";
+  #closeError: Error | null = null;
+  #resolveReady!: (hello: Hello) => void;
+  #rejectReady!: (error: Error) => void;
+  #resolveClosed!: (reason: string) => void;
+
+  /** Resolves with the peer's HELLO once the handshake is complete; rejects if the session ends first. */
+  readonly ready: Promise<Hello> = new Promise((resolve, reject) => {
+    this.#resolveReady = resolve;
+    this.#rejectReady = reject;
+  });
+  /** Resolves with the reason once the session has ended. */
+  readonly closed: Promise<string> = new Promise((resolve) => this.#resolveClosed = resolve);
+
+  /**
+   * Starts a session over `conn`: reads at once and, as the dialer, sends HELLO.
+   *
+   * @param conn an open connection the session now owns
+   * @param options side and tunables
+   * @throws {RangeError} on a window outside 1..2^31-1
+   */
+  constructor(conn: Conn, options: SessionOptions) {
+    this.#conn = conn;
+    this.#options = options;
+    this.#window = options.window ?? SESSION_DEFAULTS.window;
+    if (!Number.isInteger(this.#window) || this.#window < 1 || this.#window > MAX_WINDOW) {
+      throw new RangeError(`Cannot start session: window must be 1-${MAX_WINDOW} bytes, received ${this.#window}`);
+    }
+    this.maxFramePayload = Math.min(
+      options.maxFramePayload ?? SESSION_DEFAULTS.maxFramePayload,
+      MAX_PAYLOAD,
+    );
+    this.#nextId = options.side === "acceptor" ? 1 : 2;
+    this.writer = new FrameWriter(
+      conn,
+      options.writeHighWater ?? SESSION_DEFAULTS.writeHighWater,
+      (error) => this.#end(`write failed: ${errorMessage(error)}`, toError(error)),
+    );
+    this.#decoder = new FrameDecoder((frame) => this.#dispatch(frame), {
+      maxPayload: options.maxPayload ?? MAX_PAYLOAD,
+    });
+    this.ready.catch(() => {}); // observed through `closed` too
+    const handshakeTimeout = options.handshakeTimeout ?? SESSION_DEFAULTS.handshakeTimeout;
+    if (handshakeTimeout > 0) {
+      this.#handshakeTimer = setTimeout(() => {
+        if (this.#state === "handshake") {
+          this.#fail(new ProtocolError("handshake", `no handshake within ${handshakeTimeout} ms`));
+        }
+      }, handshakeTimeout);
+    }
+    if (options.side === "dialer") this.#sendHello();
+    this.#readLoop();
+  }
+
+  /** This end's address. */
+  get localAddr(): Addr {
+    return this.#conn.localAddr;
+  }
+
+  /** The peer's address. */
+  get remoteAddr(): Addr {
+    return this.#conn.remoteAddr;
+  }
+
+  /** The peer's HELLO, once received. */
+  get peerHello(): Hello | null {
+    return this.#peerHello;
+  }
+
+  /** Whether new streams may be opened on this session. */
+  get acceptingStreams(): boolean {
+    return this.#state === "open" && !this.#sentGoAway && !this.#receivedGoAway;
+  }
+
+  /** Whether the session has ended. */
+  get isClosed(): boolean {
+    return this.#state === "closed";
+  }
+
+  /** Streams open now. */
+  get openStreams(): number {
+    return this.#streams.size;
+  }
+
+  /** Why the session ended, empty while it runs. */
+  get closeReason(): string {
+    return this.#closeReason;
+  }
+
+  /** The protocol violation or I/O error that ended the session, if any. */
+  get closeError(): Error | null {
+    return this.#closeError;
+  }
+
+  /** A snapshot of the session's counters. */
+  stats(): SessionStats {
+    return { ...this.#stats, openStreams: this.#streams.size };
+  }
+
+  /**
+   * Opens a stream to the peer.
+   *
+   * @param meta optional metadata, sent as JSON in the CONNECT frame
+   * @returns the new stream
+   * @throws {Error} if the session is not open or either side is going away
+   */
+  openStream(meta?: Record<string, unknown>): Stream {
+    if (!this.acceptingStreams) {
+      throw new Error(`Cannot open stream: session is ${this.#state === "open" ? "going away" : this.#state}`);
+    }
+    const id = this.#nextId;
+    if (id > MAX_STREAM_ID) {
+      this.goAway("stream ids exhausted");
+      throw new Error("Cannot open stream: this session has used all stream ids; a new session is needed");
+    }
+    this.#nextId += 2;
+    const stream = new Stream(this, id, this.#window, this.#peerHello!.window, meta);
+    this.#streams.set(id, stream);
+    this.#stats.totalStreams++;
+    this.writer.frame(FrameType.CONNECT, id, meta ? encoder.encode(JSON.stringify(meta)) : EMPTY);
+    return stream;
+  }
+
+  /**
+   * Starts a graceful end: tells the peer no new streams will be opened or
+   * accepted, and closes once the open streams have finished.
+   */
+  goAway(reason = "going away"): void {
+    if (this.#state === "closed") return;
+    if (!this.#sentGoAway) {
+      this.#sentGoAway = true;
+      this.writer.frame(FrameType.GOAWAY, 0, encoder.encode(reason));
+    }
+    if (this.#streams.size === 0) this.#closeAfterFlush(reason);
+  }
+
+  /** Ends the session now; open streams fail. */
+  close(reason = "closed"): void {
+    this.#end(reason, null);
+  }
+
+  // ---- StreamHost ----
+
+  /** @internal */
+  release(stream: Stream): void {
+    if (this.#streams.get(stream.id) !== stream) return;
+    this.#streams.delete(stream.id);
+    if ((this.#sentGoAway || this.#receivedGoAway) && this.#streams.size === 0) {
+      this.#closeAfterFlush("drained");
+    }
+  }
+
+  /** @internal */
+  countBytes(sent: number, received: number): void {
+    this.#stats.bytesSent += sent;
+    this.#stats.bytesReceived += received;
+  }
+
+  // ---- Reading and dispatch ----
+
+  async #readLoop(): Promise<void> {
+    try {
+      while (this.#state !== "closed") {
+        const chunk = await this.#conn.read();
+        if (chunk === null) return this.#end("peer closed the connection", null);
+        this.#lastReceived = Date.now();
+        this.#decoder.push(chunk);
+      }
+    } catch (error) {
+      if (error instanceof ProtocolError) this.#fail(error);
+      else this.#end(`connection lost: ${errorMessage(error)}`, toError(error));
+    }
+  }
+
+  #dispatch(frame: Frame): void {
+    if (this.#state === "closed") return;
+    const { type, streamId, payload } = frame;
+    if (!isKnownFrameType(type)) {
+      throw new ProtocolError("unknown-frame-type", `peer sent unknown frame type ${type} on stream ${streamId}`);
+    }
+    if (type === FrameType.HELLO || type === FrameType.PING || type === FrameType.PONG || type === FrameType.GOAWAY) {
+      if (streamId !== 0) {
+        throw new ProtocolError("bad-frame", `peer sent ${frameTypeName(type)} on stream ${streamId}; it belongs on stream 0`);
+      }
+      return this.#sessionFrame(type, payload);
+    }
+    if (streamId === 0) {
+      throw new ProtocolError("bad-frame", `peer sent ${frameTypeName(type)} on stream 0`);
+    }
+    if (this.#state !== "open") {
+      throw new ProtocolError("handshake", `peer sent ${frameTypeName(type)} before the handshake completed`);
+    }
+    if (type === FrameType.CONNECT) return this.#acceptStream(streamId, payload);
+    const stream = this.#streams.get(streamId);
+    if (stream === undefined) {
+      // Frames for a stream that ended a moment ago cross on the wire; ids only
+      // grow, so an id never handed out is the one real error.
+      if (this.#wasEverOpened(streamId)) return;
+      throw new ProtocolError("unknown-stream", `peer sent ${frameTypeName(type)} for stream ${streamId}, which was never opened`);
+    }
+    switch (type) {
+      case FrameType.TRAFFIC:
+        return stream.receiveData(payload);
+      case FrameType.WINDOW:
+        if (payload.length !== 4) {
+          throw new ProtocolError("bad-frame", `peer sent a WINDOW frame of ${payload.length} bytes; it must be 4`);
+        }
+        return stream.receiveWindow(new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0));
+      case FrameType.FIN:
+        return stream.receiveFin();
+      case FrameType.DISCONNECT:
+        return stream.receiveReset(decoder.decode(payload));
+    }
+  }
+
+  #sessionFrame(type: number, payload: Uint8Array): void {
+    switch (type) {
+      case FrameType.HELLO:
+        return this.#receiveHello(payload);
+      case FrameType.PING:
+        this.writer.frame(FrameType.PONG, 0, payload);
+        return;
+      case FrameType.PONG:
+        if (payload.length === 8) {
+          const sentAt = new DataView(payload.buffer, payload.byteOffset, 8).getFloat64(0);
+          const rtt = Date.now() - sentAt;
+          if (rtt >= 0 && rtt < 3_600_000) this.#stats.rttMs = rtt;
+        }
+        return;
+      case FrameType.GOAWAY:
+        this.#receivedGoAway = true;
+        if (this.#streams.size === 0) this.#closeAfterFlush(`peer going away: ${decoder.decode(payload)}`);
+        return;
+    }
+  }
+
+  #receiveHello(payload: Uint8Array): void {
+    if (this.#peerHello !== null) {
+      throw new ProtocolError("handshake", "peer sent a second HELLO");
+    }
+    let hello: Hello;
+    try {
+      hello = JSON.parse(decoder.decode(payload));
+    } catch {
+      throw new ProtocolError("handshake", "peer sent a HELLO that is not JSON");
+    }
+    if (typeof hello !== "object" || hello === null || Array.isArray(hello)) {
+      throw new ProtocolError("handshake", "peer sent a HELLO that is not a JSON object");
+    }
+    const window = hello.window;
+    if (!Number.isInteger(window) || window < 1 || window > MAX_WINDOW) {
+      throw new ProtocolError("handshake", `peer sent a HELLO with window ${JSON.stringify(window)}; expected 1-${MAX_WINDOW}`);
+    }
+    try {
+      this.#options.checkHello?.(hello);
+    } catch (error) {
+      throw new ProtocolError("handshake", errorMessage(error));
+    }
+    this.#peerHello = hello;
+    if (this.#options.side === "acceptor") this.#sendHello();
+    this.#state = "open";
+    if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
+    this.#startHeartbeat();
+    this.#resolveReady(hello);
+  }
+
+  #acceptStream(id: number, payload: Uint8Array): void {
+    const peerParity = this.#options.side === "acceptor" ? 0 : 1;
+    if (id % 2 !== peerParity) {
+      throw new ProtocolError("bad-frame", `peer opened stream ${id}, but its stream ids are ${peerParity ? "odd" : "even"}`);
+    }
+    if (id <= this.#lastPeerId) {
+      throw new ProtocolError("bad-frame", `peer opened stream ${id} after ${this.#lastPeerId}; ids must grow`);
+    }
+    this.#lastPeerId = id;
+    let meta: Record<string, unknown> = {};
+    if (payload.length > 0) {
+      try {
+        meta = JSON.parse(decoder.decode(payload));
+      } catch {
+        throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${id} with a payload that is not JSON`);
+      }
+      if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+        throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${id} with a payload that is not a JSON object`);
+      }
+    }
+    const maxStreams = this.#options.maxStreams ?? SESSION_DEFAULTS.maxStreams;
+    let refusal = "";
+    if (this.#sentGoAway) refusal = "going away";
+    else if (this.#streams.size >= maxStreams) refusal = `too many streams (limit ${maxStreams})`;
+    else if (!this.#options.onStream) refusal = "this side does not accept streams";
+    if (refusal) {
+      this.writer.frame(FrameType.DISCONNECT, id, encoder.encode(refusal));
+      return;
+    }
+    const stream = new Stream(this, id, this.#window, this.#peerHello!.window, meta);
+    this.#streams.set(id, stream);
+    this.#stats.totalStreams++;
+    this.#options.onStream!(stream);
+  }
+
+  #wasEverOpened(id: number): boolean {
+    const ours = id % 2 === (this.#options.side === "acceptor" ? 1 : 0);
+    return ours ? id < this.#nextId : id <= this.#lastPeerId;
+  }
+
+  // ---- Lifecycle ----
+
+  #sendHello(): void {
+    const hello = { ...this.#options.hello, window: this.#window };
+    this.writer.frame(FrameType.HELLO, 0, encoder.encode(JSON.stringify(hello)));
+  }
+
+  #startHeartbeat(): void {
+    const interval = this.#options.heartbeatInterval ?? SESSION_DEFAULTS.heartbeatInterval;
+    if (interval <= 0) return;
+    const timeout = this.#options.heartbeatTimeout ?? SESSION_DEFAULTS.heartbeatTimeout;
+    const ping = new Uint8Array(8);
+    const view = new DataView(ping.buffer);
+    this.#timer = setInterval(() => {
+      const silent = Date.now() - this.#lastReceived;
+      if (silent >= timeout) {
+        return this.#end(`peer silent for ${Math.round(silent / 1000)} s (heartbeat timeout)`, null);
+      }
+      view.setFloat64(0, Date.now());
+      this.writer.frame(FrameType.PING, 0, ping);
+    }, interval);
+  }
+
+  /** Ends the session for a protocol violation: tell the peer why, then close. */
+  #fail(error: ProtocolError): void {
+    if (this.#state === "closed") return;
+    this.writer.frame(FrameType.GOAWAY, 0, encoder.encode(`protocol error: ${error.message}`));
+    this.#end(`protocol error (${error.code}): ${error.message}`, error, true);
+  }
+
+  #closeAfterFlush(reason: string): void {
+    this.#end(reason, null, true);
+  }
+
+  #end(reason: string, error: Error | null, flushFirst = false): void {
+    if (this.#state === "closed") return;
+    const wasOpen = this.#state === "open";
+    this.#state = "closed";
+    this.#closeReason = reason;
+    this.#closeError = error;
+    if (this.#timer !== null) clearInterval(this.#timer);
+    if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
+    const streamError = new ConnectionClosedError(`session closed: ${reason}`);
+    for (const stream of [...this.#streams.values()]) stream.abort(streamError);
+    this.#streams.clear();
+    if (!wasOpen) this.#rejectReady(new Error(`session ended before the handshake completed: ${reason}`));
+    if (flushFirst) {
+      // Let the GOAWAY and final frames out, but never wait long on a stuck peer.
+      const timer = setTimeout(() => this.#conn.close(), 1000);
+      this.writer.flushed().then(() => {
+        clearTimeout(timer);
+        this.#conn.close();
+      });
+    } else {
+      this.#conn.close();
+    }
+    this.#resolveClosed(reason);
+  }
+}

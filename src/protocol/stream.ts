@@ -1,0 +1,285 @@
+/**
+ * One multiplexed stream: a {@linkcode Conn} carried inside a session, with
+ * credit-based flow control in each direction.
+ *
+ * @module
+ */
+
+import type { Addr, Conn } from "../transport/types.ts";
+import { ConnectionClosedError } from "../transport/types.ts";
+import { ProtocolError, StreamResetError } from "./errors.ts";
+import { FrameType, MAX_WINDOW } from "./frame.ts";
+import type { FrameWriter } from "./writer.ts";
+
+/** What a stream needs from its session. */
+export interface StreamHost {
+  readonly writer: FrameWriter;
+  /** Largest TRAFFIC payload to send in one frame. */
+  readonly maxFramePayload: number;
+  readonly localAddr: Addr;
+  readonly remoteAddr: Addr;
+  /** Called once when the stream is done, so the session forgets it. */
+  release(stream: Stream): void;
+  /** Counts payload bytes for session statistics. */
+  countBytes(sent: number, received: number): void;
+}
+
+interface Waiter<T> {
+  resolve(value: T): void;
+  reject(error: Error): void;
+}
+
+/**
+ * A stream inside a session. Usable wherever a {@linkcode Conn} is: read until
+ * `null`, write with backpressure, half-close with `closeWrite()`.
+ *
+ * Flow control: the peer may have at most `window` unread bytes in flight; the
+ * stream grants more as the consumer reads. A stalled consumer therefore costs
+ * at most one window of memory and never stalls other streams.
+ */
+export class Stream implements Conn {
+  /** Stream id, unique within its session. */
+  readonly id: number;
+  /** Metadata the opener sent with CONNECT (parsed JSON), if any. */
+  readonly meta: Record<string, unknown>;
+  readonly #host: StreamHost;
+  readonly #window: number;
+
+  // Receiving.
+  #chunks: Uint8Array[] = [];
+  #recvCredit: number;
+  #unacknowledged = 0;
+  #remoteFin = false;
+  #reader: Waiter<Uint8Array | null> | null = null;
+
+  // Sending.
+  #sendCredit: number;
+  #creditWaiter: Waiter<void> | null = null;
+  #localFin = false;
+
+  #error: Error | null = null;
+  #released = false;
+  #resolveClosed!: () => void;
+  /** Resolves once both sides finished or the stream was reset. */
+  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+
+  /**
+   * @param host the session carrying this stream
+   * @param id stream id
+   * @param window receive window this side granted the peer
+   * @param sendWindow initial credit the peer granted this side
+   * @param meta metadata from CONNECT
+   */
+  constructor(
+    host: StreamHost,
+    id: number,
+    window: number,
+    sendWindow: number,
+    meta: Record<string, unknown> = {},
+  ) {
+    this.#host = host;
+    this.id = id;
+    this.#window = window;
+    this.#recvCredit = window;
+    this.#sendCredit = sendWindow;
+    this.meta = meta;
+  }
+
+  /** The session's local address. */
+  get localAddr(): Addr {
+    return this.#host.localAddr;
+  }
+
+  /** The session's remote address. */
+  get remoteAddr(): Addr {
+    return this.#host.remoteAddr;
+  }
+
+  /** Bytes received and not yet read. */
+  get buffered(): number {
+    let total = 0;
+    for (const chunk of this.#chunks) total += chunk.length;
+    return total;
+  }
+
+  /** Whether the stream is still open in at least one direction. */
+  get open(): boolean {
+    return !this.#released;
+  }
+
+  // ---- Conn ----
+
+  /** Next chunk from the peer, or `null` after its FIN. */
+  read(): Promise<Uint8Array | null> {
+    if (this.#reader !== null) {
+      return Promise.reject(new Error(`stream ${this.id}: read() while another read is pending`));
+    }
+    const chunk = this.#chunks.shift();
+    if (chunk !== undefined) {
+      this.#consumed(chunk.length);
+      return Promise.resolve(chunk);
+    }
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#remoteFin) return Promise.resolve(null);
+    return new Promise((resolve, reject) => this.#reader = { resolve, reject });
+  }
+
+  /** Sends `chunk`, waiting for window credit and session buffer room as needed. */
+  async write(chunk: Uint8Array): Promise<void> {
+    let offset = 0;
+    while (offset < chunk.length) {
+      this.#checkWritable();
+      if (this.#sendCredit === 0) {
+        await new Promise<void>((resolve, reject) => this.#creditWaiter = { resolve, reject });
+        continue;
+      }
+      const writer = this.#host.writer;
+      if (writer.congested) {
+        await writer.drained();
+        continue;
+      }
+      const size = Math.min(chunk.length - offset, this.#sendCredit, this.#host.maxFramePayload);
+      writer.frame(FrameType.TRAFFIC, this.id, chunk.subarray(offset, offset + size));
+      this.#sendCredit -= size;
+      offset += size;
+      this.#host.countBytes(size, 0);
+    }
+  }
+
+  /** Half-closes: the peer reads `null` after the bytes written so far. */
+  closeWrite(): Promise<void> {
+    if (this.#localFin || this.#released) return Promise.resolve();
+    this.#localFin = true;
+    this.#host.writer.frame(FrameType.FIN, this.id);
+    this.#finishIfDone();
+    return Promise.resolve();
+  }
+
+  /**
+   * Closes the stream. If both sides already finished this only releases it;
+   * otherwise the peer gets a reset, since this side will neither read nor write.
+   */
+  close(): void {
+    if (this.#released) return;
+    if (this.#localFin && this.#remoteFin) return this.#release(null);
+    this.reset("closed");
+  }
+
+  /** Aborts the stream in both directions; the peer sees a reset with `reason`. */
+  reset(reason = "reset"): void {
+    if (this.#released) return;
+    this.#host.writer.frame(FrameType.DISCONNECT, this.id, new TextEncoder().encode(reason));
+    this.#chunks = [];
+    this.#release(new StreamResetError(`stream ${this.id} reset locally: ${reason}`));
+  }
+
+  // ---- Called by the session ----
+
+  /** Bytes arrived for this stream. */
+  receiveData(payload: Uint8Array): void {
+    if (this.#remoteFin) {
+      throw new ProtocolError("bad-frame", `peer sent TRAFFIC on stream ${this.id} after its FIN`);
+    }
+    if (payload.length > this.#recvCredit) {
+      throw new ProtocolError(
+        "window-exceeded",
+        `peer sent ${payload.length} bytes on stream ${this.id} with only ${this.#recvCredit} bytes of window left`,
+      );
+    }
+    this.#recvCredit -= payload.length;
+    this.#host.countBytes(0, payload.length);
+    if (payload.length === 0) return;
+    const reader = this.#reader;
+    if (reader !== null) {
+      this.#reader = null;
+      this.#consumed(payload.length);
+      reader.resolve(payload);
+    } else {
+      this.#chunks.push(payload);
+    }
+  }
+
+  /** The peer granted `increment` more bytes of credit. */
+  receiveWindow(increment: number): void {
+    if (increment === 0 || this.#sendCredit + increment > MAX_WINDOW) {
+      throw new ProtocolError(
+        "bad-frame",
+        `peer sent a window update of ${increment} on stream ${this.id} (credit was ${this.#sendCredit})`,
+      );
+    }
+    this.#sendCredit += increment;
+    const waiter = this.#creditWaiter;
+    if (waiter !== null) {
+      this.#creditWaiter = null;
+      waiter.resolve();
+    }
+  }
+
+  /** The peer half-closed. */
+  receiveFin(): void {
+    if (this.#remoteFin) {
+      throw new ProtocolError("bad-frame", `peer sent a second FIN on stream ${this.id}`);
+    }
+    this.#remoteFin = true;
+    const reader = this.#reader;
+    if (reader !== null && this.#chunks.length === 0) {
+      this.#reader = null;
+      reader.resolve(null);
+    }
+    this.#finishIfDone();
+  }
+
+  /** The peer reset the stream (DISCONNECT). Bytes that arrived before stay readable. */
+  receiveReset(reason: string): void {
+    this.#release(new StreamResetError(`stream ${this.id} reset by peer${reason ? `: ${reason}` : ""}`));
+  }
+
+  /** The session ended; the stream fails with `error`. */
+  abort(error: Error): void {
+    this.#release(error);
+  }
+
+  // ---- Internals ----
+
+  #checkWritable(): void {
+    if (this.#error) throw this.#error;
+    if (this.#localFin || this.#released) {
+      throw new ConnectionClosedError(`stream ${this.id}: write after close`);
+    }
+  }
+
+  #consumed(length: number): void {
+    if (this.#released || this.#remoteFin) return;
+    this.#unacknowledged += length;
+    // Grant credit in batches of half a window: few WINDOW frames, no stall.
+    if (this.#unacknowledged >= this.#window >>> 1) {
+      this.#host.writer.frameUint32(FrameType.WINDOW, this.id, this.#unacknowledged);
+      this.#recvCredit += this.#unacknowledged;
+      this.#unacknowledged = 0;
+    }
+  }
+
+  #finishIfDone(): void {
+    if (this.#localFin && this.#remoteFin) this.#release(null);
+  }
+
+  #release(error: Error | null): void {
+    if (this.#released) return;
+    this.#released = true;
+    if (error) this.#error = error;
+    const reader = this.#reader;
+    if (reader !== null) {
+      this.#reader = null;
+      // Released without error means both sides sent FIN: the reader is at the end.
+      if (error) reader.reject(error);
+      else reader.resolve(null);
+    }
+    const waiter = this.#creditWaiter;
+    if (waiter !== null) {
+      this.#creditWaiter = null;
+      waiter.reject(error ?? new ConnectionClosedError(`stream ${this.id} closed`));
+    }
+    this.#host.release(this);
+    this.#resolveClosed();
+  }
+}

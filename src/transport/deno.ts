@@ -1,0 +1,202 @@
+/**
+ * TCP transport over `Deno.listen` / `Deno.connect`.
+ *
+ * Built on `read()`/`write()`/`closeWrite()` rather than `conn.readable`, which
+ * closes the whole socket at EOF and so breaks half-close.
+ *
+ * @module
+ */
+
+import {
+  type Addr,
+  type Conn,
+  type ConnectOptions,
+  ConnectionClosedError,
+  type Listener,
+  type ListenOptions,
+  type Transport,
+} from "./types.ts";
+
+/** The slice of a Deno TCP connection this adapter uses. */
+export interface DenoConnLike {
+  readonly localAddr: unknown;
+  readonly remoteAddr: unknown;
+  read(buffer: Uint8Array): Promise<number | null>;
+  write(data: Uint8Array): Promise<number>;
+  closeWrite(): Promise<void>;
+  close(): void;
+  setNoDelay?(noDelay?: boolean): void;
+}
+
+/** The slice of a Deno listener this adapter uses. */
+export interface DenoListenerLike {
+  readonly addr: unknown;
+  accept(): Promise<DenoConnLike>;
+  close(): void;
+}
+
+/** The slice of the `Deno` namespace this adapter uses. */
+export interface DenoLike {
+  listen(options: { hostname: string; port: number; transport: "tcp" }): DenoListenerLike;
+  connect(options: { hostname: string; port: number; transport: "tcp" }): Promise<DenoConnLike>;
+}
+
+// Reads start small so idle connections hold little memory, and grow while
+// the peer keeps filling them.
+const MIN_READ = 4 * 1024;
+const MAX_READ = 256 * 1024;
+
+function toAddr(addr: unknown): Addr {
+  const { hostname, port } = addr as { hostname?: string; port?: number };
+  return { hostname: hostname ?? "", port: port ?? 0 };
+}
+
+function describe(error: unknown): string {
+  const name = error instanceof Error ? error.name : "";
+  if (name === "ConnectionReset") return "connection reset by peer";
+  if (name === "BrokenPipe") return "connection closed by peer";
+  return error instanceof Error ? error.message : String(error);
+}
+
+class DenoConn implements Conn {
+  readonly localAddr: Addr;
+  readonly remoteAddr: Addr;
+  readonly #conn: DenoConnLike;
+  #readSize = MIN_READ;
+  #eof = false;
+  #wroteFin = false;
+  #done = false;
+  #resolveClosed!: () => void;
+  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+
+  constructor(conn: DenoConnLike) {
+    this.#conn = conn;
+    this.localAddr = toAddr(conn.localAddr);
+    this.remoteAddr = toAddr(conn.remoteAddr);
+    try {
+      conn.setNoDelay?.(true);
+    } catch {
+      // Not every Deno connection type supports it; latency only.
+    }
+  }
+
+  async read(): Promise<Uint8Array | null> {
+    if (this.#done) throw new ConnectionClosedError();
+    if (this.#eof) return null;
+    const buffer = new Uint8Array(this.#readSize);
+    let n: number | null;
+    try {
+      n = await this.#conn.read(buffer);
+    } catch (error) {
+      if (this.#done) throw new ConnectionClosedError();
+      this.#release();
+      throw new ConnectionClosedError(describe(error));
+    }
+    if (n === null) {
+      this.#eof = true;
+      if (this.#wroteFin) this.#release();
+      return null;
+    }
+    if (n === buffer.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
+    else if (n < buffer.length >>> 2) this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
+    return buffer.subarray(0, n);
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.#done || this.#wroteFin) throw new ConnectionClosedError("write after close");
+    try {
+      let offset = 0;
+      while (offset < chunk.length) {
+        offset += await this.#conn.write(offset === 0 ? chunk : chunk.subarray(offset));
+      }
+    } catch (error) {
+      if (this.#done) throw new ConnectionClosedError();
+      this.#release();
+      throw new ConnectionClosedError(describe(error));
+    }
+  }
+
+  async closeWrite(): Promise<void> {
+    if (this.#done || this.#wroteFin) return;
+    this.#wroteFin = true;
+    try {
+      await this.#conn.closeWrite();
+    } catch {
+      // The peer already closed; nothing left to finish.
+    }
+    if (this.#eof) this.#release();
+  }
+
+  close(): void {
+    this.#release();
+  }
+
+  reset(): void {
+    // Deno offers no SO_LINGER, so the peer may see a plain close here.
+    this.#release();
+  }
+
+  #release(): void {
+    if (this.#done) return;
+    this.#done = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the runtime.
+    }
+    this.#resolveClosed();
+  }
+}
+
+class DenoListener implements Listener {
+  readonly addr: Addr;
+  readonly #listener: DenoListenerLike;
+  #closed = false;
+
+  constructor(listener: DenoListenerLike) {
+    this.#listener = listener;
+    this.addr = toAddr(listener.addr);
+  }
+
+  async accept(): Promise<Conn | null> {
+    if (this.#closed) return null;
+    try {
+      return new DenoConn(await this.#listener.accept());
+    } catch (error) {
+      if (this.#closed) return null;
+      throw error;
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+/**
+ * Creates the TCP transport for Deno.
+ *
+ * @param deno the `Deno` namespace, or a stand-in with the same slice
+ * @returns a {@linkcode Transport} named `tcp`
+ */
+export function denoTransport(deno: DenoLike = (globalThis as unknown as { Deno: DenoLike }).Deno): Transport {
+  return {
+    name: "tcp",
+    listen(options: ListenOptions): Promise<Listener> {
+      try {
+        return Promise.resolve(new DenoListener(deno.listen({ ...options, transport: "tcp" })));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
+    async connect(options: ConnectOptions): Promise<Conn> {
+      return new DenoConn(await deno.connect({ hostname: options.hostname, port: options.port, transport: "tcp" }));
+    },
+  };
+}

@@ -1,0 +1,115 @@
+/**
+ * The transport contract: everything the core needs from the network, and
+ * nothing more. Adapters (`deno.ts`, `bun.ts`, `memory.ts`) fill it in; the
+ * core (sessions, matcher, relay) never names a runtime.
+ *
+ * @module
+ */
+
+/** A network endpoint. */
+export interface Addr {
+  /** Host name or IP address, as the runtime reported it. */
+  hostname: string;
+  /** TCP port; the real one, also after listening on port 0. */
+  port: number;
+}
+
+/**
+ * A reliable, ordered, two-way byte connection: a TCP socket, a TLS socket or
+ * one multiplexed stream. One reader and one writer at a time.
+ */
+export interface Conn {
+  /** This end's address. */
+  readonly localAddr: Addr;
+  /** The peer's address. */
+  readonly remoteAddr: Addr;
+  /**
+   * Resolves with the next chunk of bytes, or `null` once the peer has
+   * half-closed (sent FIN) and everything before it was read. The chunk is the
+   * caller's to keep. Not calling `read()` is the backpressure: the transport
+   * stops pulling from the network once its small buffer is full.
+   *
+   * @throws {ConnectionClosedError} after `close()`/`reset()` or when the peer reset.
+   */
+  read(): Promise<Uint8Array | null>;
+  /**
+   * Writes all of `chunk`. Resolves when the transport has taken it and has
+   * room for more; a slow peer makes it resolve later. The transport may hold
+   * on to `chunk` until then, so the caller must not change it before.
+   *
+   * @throws {ConnectionClosedError} if the connection is closed or reset.
+   */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Half-closes: sends FIN after everything written before. Reading goes on. */
+  closeWrite(): Promise<void>;
+  /** Closes gracefully (FIN if not yet sent) and releases the connection. Idempotent. */
+  close(): void;
+  /** Aborts: the peer sees a reset, not a clean end. Idempotent. */
+  reset(): void;
+  /** Resolves once the connection is fully closed, however that happened. */
+  readonly closed: Promise<void>;
+}
+
+/** Accepts connections on one address. */
+export interface Listener {
+  /** The bound address; `port` is the real port, also after asking for port 0. */
+  readonly addr: Addr;
+  /**
+   * Resolves with the next accepted connection, or `null` once the listener is
+   * closed.
+   *
+   * @throws {Error} on an accept failure that may pass (such as too many open
+   *   files); the caller logs it and may call again.
+   */
+  accept(): Promise<Conn | null>;
+  /** Stops accepting. Connections already accepted stay open. Idempotent. */
+  close(): void;
+}
+
+/** Options for {@linkcode Transport.listen}. */
+export interface ListenOptions {
+  /** Address to bind, such as `0.0.0.0` or `127.0.0.1`. */
+  hostname: string;
+  /** Port to bind; 0 picks a free one (see {@linkcode Listener.addr}). */
+  port: number;
+}
+
+/** Options for {@linkcode Transport.connect}. */
+export interface ConnectOptions {
+  /** Host to dial. */
+  hostname: string;
+  /** Port to dial. */
+  port: number;
+}
+
+/** A way to listen and to dial: TCP on Deno or Bun, or in memory for tests. */
+export interface Transport {
+  /** Short name for logs, such as `tcp`. */
+  readonly name: string;
+  /**
+   * Binds a listener.
+   *
+   * @throws {Error} when the address cannot be bound (in use, not permitted).
+   */
+  listen(options: ListenOptions): Promise<Listener>;
+  /**
+   * Dials a peer.
+   *
+   * @throws {Error} when the peer cannot be reached (refused, unreachable).
+   */
+  connect(options: ConnectOptions): Promise<Conn>;
+}
+
+/** Raised by a connection used after it was closed, or reset by its peer. */
+export class ConnectionClosedError extends Error {
+  /** @param message what happened, such as `connection reset by peer` */
+  constructor(message = "connection closed") {
+    super(message);
+    this.name = "ConnectionClosedError";
+  }
+}
+
+/** Formats an address as `host:port`, bracketing IPv6 hosts. */
+export function formatAddr(addr: Addr): string {
+  return addr.hostname.includes(":") ? `[${addr.hostname}]:${addr.port}` : `${addr.hostname}:${addr.port}`;
+}

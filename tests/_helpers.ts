@@ -1,0 +1,160 @@
+/**
+ * Test helpers shared by every suite: the transport of the runtime running the
+ * tests, byte generators, hashing and small servers.
+ */
+
+import { bunTransport } from "../src/transport/bun.ts";
+import { denoTransport } from "../src/transport/deno.ts";
+import type { Conn, Listener, Transport } from "../src/transport/types.ts";
+
+/** The runtime executing the tests. */
+export const runtime: "bun" | "deno" = "Bun" in globalThis ? "bun" : "deno";
+
+/** The real TCP transport of this runtime. */
+export function tcp(): Transport {
+  return runtime === "bun" ? bunTransport() : denoTransport();
+}
+
+/** Deterministic pseudo-random bytes (xorshift), fast enough for hundreds of MiB. */
+export function pseudoRandomBytes(length: number, seed = 1): Uint8Array {
+  const out = new Uint8Array(length);
+  const words = new Uint32Array(out.buffer, 0, length >>> 2);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x;
+  }
+  for (let i = words.length * 4; i < length; i++) out[i] = i & 0xff;
+  return out;
+}
+
+/** Hex SHA-256 of some bytes. */
+export async function sha256(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Incremental hash state: totals bytes and a cheap rolling checksum (for huge transfers). */
+export class Tally {
+  bytes = 0;
+  #a = 1;
+  #b = 0;
+  add(chunk: Uint8Array): void {
+    let a = this.#a, b = this.#b;
+    for (let i = 0; i < chunk.length; i++) {
+      a = (a + chunk[i]) % 65521;
+      b = (b + a) % 65521;
+    }
+    this.#a = a;
+    this.#b = b;
+    this.bytes += chunk.length;
+  }
+  get digest(): string {
+    return `${this.bytes}:${((this.#b << 16) | this.#a) >>> 0}`;
+  }
+}
+
+/** Reads a connection to its end, returning all bytes. */
+export async function readAll(conn: Conn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const chunk = await conn.read();
+    if (chunk === null) break;
+    chunks.push(chunk);
+    total += chunk.length;
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
+}
+
+/** Reads exactly `n` bytes, or throws at an early end. */
+export async function readExactly(conn: Conn, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let at = 0;
+  while (at < n) {
+    const chunk = await conn.read();
+    if (chunk === null) throw new Error(`connection ended after ${at} of ${n} bytes`);
+    out.set(chunk.subarray(0, n - at), at);
+    at += Math.min(chunk.length, n - at);
+  }
+  return out;
+}
+
+/** Writes `data` in chunks of `chunkSize`, then half-closes. */
+export async function writeAll(conn: Conn, data: Uint8Array, chunkSize = 64 * 1024): Promise<void> {
+  for (let at = 0; at < data.length; at += chunkSize) {
+    await conn.write(data.subarray(at, Math.min(at + chunkSize, data.length)));
+  }
+  await conn.closeWrite();
+}
+
+/** A server that runs `handle` for each connection until closed. */
+export interface TestServer {
+  listener: Listener;
+  port: number;
+  close(): void;
+}
+
+/** Starts a server on 127.0.0.1:0. */
+export async function serve(transport: Transport, handle: (conn: Conn) => Promise<void> | void): Promise<TestServer> {
+  const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Conn>();
+  (async () => {
+    for (;;) {
+      const conn = await listener.accept().catch(() => null);
+      if (conn === null) return;
+      conns.add(conn);
+      Promise.resolve(handle(conn)).catch(() => conn.reset()).finally(() => conns.delete(conn));
+    }
+  })();
+  return {
+    listener,
+    port: listener.addr.port,
+    close() {
+      listener.close();
+      for (const conn of conns) conn.reset();
+    },
+  };
+}
+
+/** An echo handler: copies input to output, then half-closes. */
+export async function echo(conn: Conn): Promise<void> {
+  for (;;) {
+    const chunk = await conn.read();
+    if (chunk === null) break;
+    await conn.write(chunk);
+  }
+  await conn.closeWrite();
+  await conn.closed.catch(() => {});
+  conn.close();
+}
+
+/** Resolves after `ms` milliseconds. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `condition` until true, or throws after `timeoutMs`. */
+export async function waitFor(condition: () => boolean, timeoutMs = 5000, what = "condition"): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await delay(10);
+  }
+}
+
+/** Whether a promise settles within `ms`. */
+export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let settled = false;
+  promise.then(() => settled = true, () => settled = true);
+  await delay(ms);
+  return settled;
+}
