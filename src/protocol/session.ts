@@ -86,6 +86,18 @@ export interface SessionOptions {
   onStream?: (stream: Stream) => void;
 }
 
+/** The session options a matcher or relay passes through from its settings. */
+export type SessionTunables = Pick<
+  SessionOptions,
+  "window" | "heartbeatInterval" | "heartbeatTimeout" | "handshakeTimeout"
+>;
+
+/** Picks the {@linkcode SessionTunables} out of a larger options object. */
+export function tunablesOf(options: SessionTunables): SessionTunables {
+  const { window, heartbeatInterval, heartbeatTimeout, handshakeTimeout } = options;
+  return { window, heartbeatInterval, heartbeatTimeout, handshakeTimeout };
+}
+
 /** A snapshot of a session's counters. */
 export interface SessionStats {
   /** Streams open now. */

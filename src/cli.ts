@@ -1,0 +1,298 @@
+/**
+ * The command line: arguments and config file in, a matcher, relay or demo
+ * out. Exit codes: 0 after a clean stop, 1 when the role cannot start (such
+ * as a port in use), 2 for bad flags or config.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  camelCase,
+  closest,
+  defaultSettings,
+  locateConfig,
+  type OptionSpec,
+  OPTIONS,
+  parseConfigText,
+  parseMode,
+  parseValue,
+  type Role,
+  type Settings,
+} from "./config.ts";
+import { runDemo } from "./demo.ts";
+import { errorMessage, UsageError } from "./errors.ts";
+import { createLogger, formatBytes, formatDuration, type Logger } from "./log.ts";
+import { startMatcher } from "./matcher.ts";
+import type { Platform } from "./platform.ts";
+import { startRelay } from "./relay.ts";
+import { VERSION } from "./version.ts";
+
+/** Commands, with O3SR's `client` as another name for `relay`. */
+const COMMANDS = ["matcher", "relay", "client", "demo", "help", "version"] as const;
+
+/** Something that runs until closed. */
+interface Running {
+  close(drainTimeout?: number): Promise<void>;
+}
+
+/**
+ * Runs the CLI.
+ *
+ * @param args arguments after the program name
+ * @param platform the system to run on
+ * @returns the exit code; for a server, once it has stopped
+ */
+export async function runCli(args: string[], platform: Platform): Promise<number> {
+  let invocation: Invocation;
+  try {
+    invocation = parseInvocation(args);
+  } catch (error) {
+    return usageFailure(platform, error);
+  }
+  if (invocation.version) {
+    platform.stdout(versionLine(platform));
+    return 0;
+  }
+  if (invocation.help) {
+    platform.stdout(fullHelp(invocation.command));
+    return 0;
+  }
+
+  let settings: Settings;
+  let configPath: string | null;
+  try {
+    ({ settings, configPath } = await resolveSettings(invocation, platform));
+  } catch (error) {
+    return usageFailure(platform, error);
+  }
+  const mode = invocation.command ?? settings.mode;
+  if (mode === null) {
+    if (args.length === 0) {
+      platform.stdout(shortHelp());
+      return 0;
+    }
+    return usageFailure(platform, new UsageError("no command given: run `o3sr matcher`, `o3sr relay` or `o3sr demo`"));
+  }
+
+  const log = createLogger({ level: settings.logLevel, format: settings.logFormat, write: platform.stderr });
+  if (configPath) log.debug("config loaded", { file: configPath });
+  let running: Running;
+  try {
+    running = await start(mode, settings, platform, log);
+  } catch (error) {
+    platform.stderr(`o3sr: ${errorMessage(error)}`);
+    return 1;
+  }
+  await waitForShutdown(platform, log, running, settings.drainTimeout);
+  return 0;
+}
+
+function start(mode: Role | "demo", settings: Settings, platform: Platform, log: Logger): Promise<Running> {
+  const { transport } = platform;
+  switch (mode) {
+    case "matcher":
+      return startMatcher({ ...settings, transport, log });
+    case "relay":
+      return Promise.resolve(startRelay({ ...settings, transport, log }));
+    case "demo":
+      return runDemo({ ...settings, transport, log, print: platform.stdout });
+  }
+}
+
+/** Waits for SIGINT/SIGTERM, then drains; a second signal exits at once. */
+function waitForShutdown(platform: Platform, log: Logger, running: Running, drainTimeout: number): Promise<void> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    platform.onShutdownSignal((signal) => {
+      if (stopping) {
+        log.warn("second signal: exiting without draining", { signal });
+        platform.exit(130);
+        return;
+      }
+      stopping = true;
+      log.info("shutting down", { signal, drain_timeout: formatDuration(drainTimeout) });
+      running.close(drainTimeout).then(resolve, resolve);
+    });
+  });
+}
+
+// ---- Arguments ----
+
+interface Invocation {
+  command: Role | "demo" | null;
+  help: boolean;
+  version: boolean;
+  configFile: string | undefined;
+  /** Raw flag values by option key. */
+  flags: Map<OptionSpec, string>;
+}
+
+function parseInvocation(args: string[]): Invocation {
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
+    config: { type: "string" },
+    help: { type: "boolean", short: "h" },
+    version: { type: "boolean", short: "v" },
+    matcher: { type: "boolean", short: "m" },
+    client: { type: "boolean", short: "c" },
+  };
+  for (const option of OPTIONS) options[option.flag] = { type: "string" };
+
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new UsageError(describeParseError(error, Object.keys(options)));
+  }
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+
+  let command: Invocation["command"] = null;
+  let help = values.help === true;
+  let version = values.version === true;
+  const [first, ...rest] = parsed.positionals;
+  if (first !== undefined) {
+    if (!(COMMANDS as readonly string[]).includes(first)) {
+      const hint = closest(first, COMMANDS);
+      throw new UsageError(`unknown command "${first}"${hint ? ` (did you mean "${hint}"?)` : ""}; commands: matcher, relay, demo`);
+    }
+    if (first === "help") help = true;
+    else if (first === "version") version = true;
+    else command = first === "demo" ? "demo" : parseMode(first, "command");
+  }
+  if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
+  if (values.matcher && values.client) throw new UsageError("--matcher and --client exclude each other; pick one role");
+  const legacy = values.matcher ? "matcher" : values.client ? "relay" : null;
+  if (legacy && command && legacy !== command) {
+    throw new UsageError(`--${values.matcher ? "matcher" : "client"} contradicts the command "${first}"`);
+  }
+  command ??= legacy;
+
+  const flags = new Map<OptionSpec, string>();
+  for (const option of OPTIONS) {
+    const value = values[option.flag];
+    if (typeof value === "string") flags.set(option, value);
+  }
+  if (command === "matcher" || command === "relay") {
+    for (const option of flags.keys()) {
+      if (!option.roles.includes(command)) {
+        throw new UsageError(`--${option.flag} is a ${option.roles.join("/")} option; it does nothing for a ${command}`);
+      }
+    }
+  }
+  return { command, help, version, configFile: values.config as string | undefined, flags };
+}
+
+function describeParseError(error: unknown, known: string[]): string {
+  const message = errorMessage(error);
+  const code = (error as { code?: string }).code;
+  const option = /'(-{1,2}[^' ]+)/.exec(message)?.[1];
+  if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && option) {
+    const hint = closest(option.replace(/^-+/, ""), known);
+    return `unknown flag ${option}${hint ? ` (did you mean --${hint}?)` : ""}; see o3sr --help`;
+  }
+  if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" && option) {
+    return `${option} needs a value, such as ${option} ${exampleValue(option.replace(/^-+/, ""))}`;
+  }
+  return message.split("\n")[0];
+}
+
+function exampleValue(flag: string): string {
+  const option = OPTIONS.find((o) => o.flag === flag);
+  if (!option) return "VALUE";
+  return String(displayDefault(option));
+}
+
+async function resolveSettings(
+  invocation: Invocation,
+  platform: Platform,
+): Promise<{ settings: Settings; configPath: string | null }> {
+  const settings = defaultSettings() as unknown as Record<string, unknown>;
+  const file = await locateConfig(platform, invocation.configFile);
+  if (file) Object.assign(settings, parseConfigText(file.text, file.path));
+  for (const [option, raw] of invocation.flags) {
+    settings[camelCase(option.key)] = parseValue(option, raw, { kind: "flag" });
+  }
+  return { settings: settings as unknown as Settings, configPath: file?.path ?? null };
+}
+
+function usageFailure(platform: Platform, error: unknown): number {
+  if (!(error instanceof UsageError)) throw error;
+  platform.stderr(`o3sr: ${error.message}`);
+  return 2;
+}
+
+// ---- Help ----
+
+function versionLine(platform: Platform): string {
+  const { name, version, target } = platform.runtime;
+  return `o3sr ${VERSION} (${name} ${version}, ${target})`;
+}
+
+/** The value shown as an option's default: `10s`, `1MiB`, `6543`. */
+export function displayDefault(option: OptionSpec): string | number {
+  if (option.type === "duration") return formatDuration(option.default as number);
+  if (option.type === "size") return formatBytes(option.default as number);
+  return option.default;
+}
+
+function argName(option: OptionSpec): string {
+  switch (option.type) {
+    case "port":
+    case "listen-port":
+      return "PORT";
+    case "host":
+      return "HOST";
+    case "duration":
+      return "TIME";
+    case "size":
+      return "BYTES";
+    case "int":
+      return "N";
+    case "enum":
+      return option.values!.join("|");
+  }
+}
+
+/** The short usage printed by a bare `o3sr`. */
+export function shortHelp(): string {
+  return `o3sr ${VERSION}: reach services behind NAT
+
+  o3sr matcher                            on a public host: relays dial in on 6543, users connect to 6544
+  o3sr relay --matcher-host HUB --dest-port 3000
+                                          behind NAT: forward each user to localhost:3000
+  o3sr demo                               try it all on this machine in one process
+
+Then \`nc HUB 6544\` reaches the service. More: o3sr --help`;
+}
+
+/** The full help, or one command's. */
+export function fullHelp(command: Role | "demo" | null = null): string {
+  const section = (title: string, options: readonly OptionSpec[]) =>
+    `${title}:\n` + options.map((option) => {
+      const left = `  --${option.flag} ${argName(option)}`;
+      return `${left.padEnd(34)} ${option.help} (default ${displayDefault(option)})`;
+    }).join("\n");
+  const only = (role: Role) => OPTIONS.filter((o) => o.roles.length === 1 && o.roles[0] === role);
+  const both = OPTIONS.filter((o) => o.roles.length > 1);
+  const parts = [
+    `o3sr ${VERSION}: reach services behind NAT
+
+Usage:
+  o3sr matcher [options]     the public hub: relays dial in, users connect
+  o3sr relay [options]       behind NAT: dial the matcher, forward streams to the destination
+  o3sr demo [options]        matcher, relay and an echo service on loopback, in one process
+  o3sr --matcher | --client  O3SR's spelling of matcher | relay (also -m | -c)`,
+  ];
+  if (command !== "relay") parts.push(section("Matcher options", only("matcher")));
+  if (command !== "matcher") parts.push(section("Relay options", only("relay")));
+  parts.push(section("Options for both", both));
+  parts.push(`General:
+  --config FILE                      YAML config; else O3SR_CONFIG, ~/.config/o3sr/config.yml, ~/.o3sr.yml
+  -h, --help                         this help
+  -v, --version                      version, runtime and target
+
+Config keys are the flag names with underscores (relay_port: 6543), plus
+mode: matcher|relay. Flags override the file. Times take ms, s, m or h
+(a bare number means seconds); sizes take KiB or MiB.`);
+  return parts.join("\n\n");
+}

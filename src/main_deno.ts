@@ -1,0 +1,33 @@
+/**
+ * Entry point for Deno: picks the Deno transport and runs the CLI.
+ *
+ * @module
+ */
+
+import { runCli } from "./cli.ts";
+import { targetName } from "./platform.ts";
+import { denoTransport } from "./transport/deno.ts";
+
+const code = await runCli(Deno.args, {
+  transport: denoTransport(),
+  runtime: { name: "deno", version: Deno.version.deno, target: targetName(Deno.build.os, Deno.build.arch) },
+  env: (name) => Deno.env.get(name),
+  homeDir: () => Deno.env.get("HOME") ?? Deno.env.get("USERPROFILE"),
+  readTextFile: async (path) => {
+    try {
+      return await Deno.readTextFile(path);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return null;
+      throw error;
+    }
+  },
+  stdout: (line) => console.log(line),
+  stderr: (line) => console.error(line),
+  onShutdownSignal: (handler) => {
+    Deno.addSignalListener("SIGINT", () => handler("SIGINT"));
+    // Windows has no SIGTERM listener; Ctrl-C (SIGINT) is what it sends.
+    if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", () => handler("SIGTERM"));
+  },
+  exit: (code) => Deno.exit(code),
+});
+Deno.exit(code);
