@@ -68,7 +68,8 @@ export interface SessionOptions {
    */
   heartbeatInterval?: number;
   /**
-   * Milliseconds of silence after which the peer is declared dead.
+   * Milliseconds of silence after which the peer is declared dead; checked at
+   * each heartbeat, and only while one of our PINGs is unanswered.
    * @default {30000}
    */
   heartbeatTimeout?: number;
@@ -146,6 +147,8 @@ export class Session implements StreamHost {
   #sentGoAway = false;
   #receivedGoAway = false;
   #lastReceived = Date.now();
+  /** A PING went out and nothing has arrived since. */
+  #awaitingPeer = false;
   #timer: ReturnType<typeof setInterval> | null = null;
   #handshakeTimer: ReturnType<typeof setTimeout> | null = null;
   #stats: SessionStats = {
@@ -322,6 +325,7 @@ export class Session implements StreamHost {
         const chunk = await this.#conn.read();
         if (chunk === null) return this.#end("peer closed the connection", null);
         this.#lastReceived = Date.now();
+        this.#awaitingPeer = false;
         this.#decoder.push(chunk);
       }
     } catch (error) {
@@ -477,11 +481,14 @@ export class Session implements StreamHost {
     const view = new DataView(ping.buffer);
     this.#timer = setInterval(() => {
       const silent = Date.now() - this.#lastReceived;
-      if (silent >= timeout) {
+      // Only silence after a PING counts: with an interval above the timeout a
+      // live peer is quiet for a whole interval between its PONGs.
+      if (silent >= timeout && this.#awaitingPeer) {
         return this.#end(`peer silent for ${Math.round(silent / 1000)} s (heartbeat timeout)`, null);
       }
       view.setFloat64(0, Date.now());
       this.writer.frame(FrameType.PING, 0, ping);
+      this.#awaitingPeer = true;
     }, interval);
   }
 

@@ -1,0 +1,1410 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { EMPTY, encodeFrame, FrameDecoder, writeHeader } from "../src/protocol/codec.ts";
+import { ProtocolError, type ProtocolErrorCode, StreamResetError } from "../src/protocol/errors.ts";
+import { type Frame, FrameType, MAX_PAYLOAD, MAX_WINDOW } from "../src/protocol/frame.ts";
+import { Session, type SessionOptions } from "../src/protocol/session.ts";
+import type { Stream } from "../src/protocol/stream.ts";
+import { memoryTransport } from "../src/transport/memory.ts";
+import { type Conn, ConnectionClosedError, type Transport } from "../src/transport/types.ts";
+import {
+  pseudoRandomBytes,
+  readAll,
+  runtime,
+  settlesWithin,
+  tcp,
+  waitFor,
+  writeAll,
+} from "./_helpers.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+// ---- Plumbing ----
+
+/** Everything a test opened, closed when it ends however it ends. */
+class Scope {
+  readonly #sessions: Session[] = [];
+  readonly #conns: Conn[] = [];
+
+  session(conn: Conn, options: SessionOptions): Session {
+    // Heartbeats off unless a test asks: no timers outliving a test.
+    const session = new Session(conn, { heartbeatInterval: 0, ...options });
+    this.#sessions.push(session);
+    return session;
+  }
+
+  conn<T extends Conn>(conn: T): T {
+    this.#conns.push(conn);
+    return conn;
+  }
+
+  dispose(): void {
+    for (const session of this.#sessions) session.close("test over");
+    for (const conn of this.#conns) conn.reset();
+  }
+}
+
+function scoped(fn: (scope: Scope) => Promise<void>): () => Promise<void> {
+  return async () => {
+    const scope = new Scope();
+    try {
+      await fn(scope);
+    } finally {
+      scope.dispose();
+    }
+  };
+}
+
+/** Rejects if `promise` does not settle within `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A connected pair of conns: dialed and accepted. */
+async function connPair(
+  scope: Scope,
+  transport: Transport,
+): Promise<{ dialer: Conn; acceptor: Conn }> {
+  const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const accepting = listener.accept();
+    const dialer = scope.conn(
+      await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    );
+    const acceptor = await within(accepting, 5000, "accept");
+    assert.ok(acceptor, "listener closed before accepting");
+    return { dialer, acceptor: scope.conn(acceptor) };
+  } finally {
+    listener.close();
+  }
+}
+
+type SideOptions = Omit<SessionOptions, "side">;
+
+interface PairOptions {
+  transport?: Transport;
+  dialer?: SideOptions;
+  acceptor?: SideOptions;
+}
+
+/** Two sessions over a fresh connection; by default each side echoes streams the other opens. */
+async function sessionPair(scope: Scope, options: PairOptions = {}) {
+  const conns = await connPair(scope, options.transport ?? memoryTransport());
+  const dialer = scope.session(conns.dialer, {
+    onStream: echoStream,
+    ...options.dialer,
+    side: "dialer",
+  });
+  const acceptor = scope.session(conns.acceptor, {
+    onStream: echoStream,
+    ...options.acceptor,
+    side: "acceptor",
+  });
+  return { dialer, acceptor };
+}
+
+async function readyPair(scope: Scope, options: PairOptions = {}) {
+  const pair = await sessionPair(scope, options);
+  await within(Promise.all([pair.dialer.ready, pair.acceptor.ready]), 5000, "handshake");
+  return pair;
+}
+
+/** Copies a stream back to itself, then half-closes. */
+async function echoStream(stream: Stream): Promise<void> {
+  try {
+    for (;;) {
+      const chunk = await stream.read();
+      if (chunk === null) break;
+      await stream.write(chunk);
+    }
+    await stream.closeWrite();
+  } catch {
+    stream.reset("echo failed");
+  }
+}
+
+/** Sends `data` (then FIN) while reading everything back. */
+async function roundTrip(
+  stream: Stream,
+  data: Uint8Array,
+  chunkSize = 50_000,
+): Promise<Uint8Array> {
+  const [, received] = await Promise.all([writeAll(stream, data, chunkSize), readAll(stream)]);
+  return received;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function assertSameBytes(actual: Uint8Array, expected: Uint8Array, what: string): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  assert.ok(sameBytes(actual, expected), `${what}: bytes differ`);
+}
+
+function json(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+/** Marks `promise` as handled, so that a test failing early leaks no unhandled rejection. */
+function guard<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => {});
+  return promise;
+}
+
+/** Reads until the stream fails; returns the error (or null at a clean end). */
+async function readUntilError(stream: Stream): Promise<unknown> {
+  try {
+    for (let i = 0; i < 10_000; i++) {
+      if (await stream.read() === null) return null;
+    }
+  } catch (error) {
+    return error;
+  }
+  throw new Error("stream kept delivering data");
+}
+
+/** Tracks the largest value of `sample()` until stopped. */
+function sampleMax(sample: () => number): { stop(): number } {
+  let max = sample();
+  const timer = setInterval(() => max = Math.max(max, sample()), 1);
+  return {
+    stop() {
+      clearInterval(timer);
+      return Math.max(max, sample());
+    },
+  };
+}
+
+/**
+ * The far end of a session played by hand: writes raw frames and decodes what
+ * the session sends.
+ */
+class RawPeer {
+  readonly frames: Frame[] = [];
+  ended = false;
+  endError: unknown = null;
+  /** Answer PINGs, as a live session would. */
+  autoPong = false;
+  readonly #decoder = new FrameDecoder((frame) => {
+    const copy = { ...frame, payload: frame.payload.slice() };
+    this.frames.push(copy);
+    if (this.autoPong && frame.type === FrameType.PING) {
+      this.conn.write(encodeFrame(FrameType.PONG, 0, copy.payload)).catch(() => {});
+    }
+  });
+
+  constructor(readonly conn: Conn) {
+    this.#loop();
+  }
+
+  async #loop(): Promise<void> {
+    try {
+      for (;;) {
+        const chunk = await this.conn.read();
+        if (chunk === null) break;
+        this.#decoder.push(chunk);
+      }
+    } catch (error) {
+      this.endError = error;
+    } finally {
+      this.ended = true;
+    }
+  }
+
+  send(...frames: Uint8Array[]): Promise<void> {
+    const total = frames.reduce((n, f) => n + f.length, 0);
+    const bytes = new Uint8Array(total);
+    let at = 0;
+    for (const frame of frames) {
+      bytes.set(frame, at);
+      at += frame.length;
+    }
+    return this.conn.write(bytes);
+  }
+
+  /** Waits for a frame matching `match` that arrived at or after index `from`. */
+  async expect(what: string, match: (frame: Frame) => boolean, from = 0): Promise<Frame> {
+    let found: Frame | undefined;
+    await waitFor(() => (found = this.frames.slice(from).find(match)) !== undefined, 3000, what);
+    return found!;
+  }
+
+  ofType(type: number): Frame[] {
+    return this.frames.filter((frame) => frame.type === type);
+  }
+}
+
+/** A session over a memory connection whose other end is a {@linkcode RawPeer}. */
+async function rawPair(
+  scope: Scope,
+  options: SessionOptions,
+  transport: Transport = memoryTransport(),
+) {
+  const conns = await connPair(scope, transport);
+  const sessionConn = options.side === "acceptor" ? conns.acceptor : conns.dialer;
+  const peerConn = options.side === "acceptor" ? conns.dialer : conns.acceptor;
+  const session = scope.session(sessionConn, options);
+  return { session, peer: new RawPeer(peerConn) };
+}
+
+/** Completes the handshake by hand, whichever side the raw peer plays. */
+async function rawHandshake(session: Session, peer: RawPeer, window = 1024 * 1024): Promise<void> {
+  const hello = encodeFrame(FrameType.HELLO, 0, json({ window, role: "raw" }));
+  await peer.send(hello);
+  await within(session.ready, 3000, "session ready");
+  await peer.expect("the session's HELLO", (f) => f.type === FrameType.HELLO);
+}
+
+/** A frame header claiming `length` payload bytes, with none following. */
+function bareHeader(type: number, streamId: number, length: number, version = 2): Uint8Array {
+  const out = new Uint8Array(16);
+  writeHeader(out, 0, type, streamId, length, version);
+  return out;
+}
+
+function uint32(value: number): Uint8Array {
+  const out = new Uint8Array(4);
+  new DataView(out.buffer).setUint32(0, value);
+  return out;
+}
+
+// ---- Tests ----
+
+describe("session handshake", () => {
+  test(
+    "ready resolves on both sides with the other's HELLO fields and window",
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await sessionPair(scope, {
+        dialer: { hello: { role: "relay", name: "r1", window: 5 }, window: 100_000 },
+        acceptor: { hello: { role: "matcher" }, window: 200_000 },
+      });
+      assert.equal(dialer.peerHello, null, "no HELLO before any I/O");
+      assert.equal(dialer.acceptingStreams, false, "no streams before the handshake");
+      assert.throws(() => dialer.openStream(), /Cannot open stream: session is handshake/);
+      const [fromAcceptor, fromDialer] = await within(
+        Promise.all([dialer.ready, acceptor.ready]),
+        3000,
+        "ready",
+      );
+      assert.deepEqual(fromAcceptor, { role: "matcher", window: 200_000 });
+      // The window field is always the configured one, even if `hello` carries another.
+      assert.deepEqual(fromDialer, { role: "relay", name: "r1", window: 100_000 });
+      assert.deepEqual(dialer.peerHello, fromAcceptor);
+      assert.deepEqual(acceptor.peerHello, fromDialer);
+      for (const session of [dialer, acceptor]) {
+        assert.equal(session.acceptingStreams, true);
+        assert.equal(session.isClosed, false);
+        assert.equal(session.closeReason, "");
+        assert.equal(session.closeError, null);
+      }
+    }),
+  );
+
+  test(
+    "checkHello throwing on the acceptor refuses the session; both ends learn why",
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await sessionPair(scope, {
+        dialer: { hello: { role: "intruder" } },
+        acceptor: {
+          checkHello: (hello) => {
+            if (hello.role !== "relay") {
+              throw new Error(`role ${String(hello.role)} may not connect`);
+            }
+          },
+        },
+      });
+      const [dialerReason, acceptorReason] = await within(
+        Promise.all([dialer.closed, acceptor.closed]),
+        3000,
+        "both sides close",
+      );
+      assert.match(acceptorReason, /^protocol error \(handshake\): role intruder may not connect$/);
+      assert.ok(acceptor.closeError instanceof ProtocolError);
+      assert.equal(acceptor.closeError.code, "handshake");
+      assert.match(dialerReason, /role intruder may not connect/);
+      await assert.rejects(acceptor.ready, /before the handshake completed/);
+      await assert.rejects(
+        dialer.ready,
+        /before the handshake completed.*role intruder may not connect/,
+      );
+      assert.equal(dialer.isClosed, true);
+      assert.equal(acceptor.isClosed, true);
+      assert.throws(() => dialer.openStream(), /session is closed/);
+    }),
+  );
+
+  test(
+    "checkHello throwing on the dialer refuses the session; the acceptor learns why",
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await sessionPair(scope, {
+        dialer: {
+          checkHello: () => {
+            throw new Error("matcher speaks an old dialect");
+          },
+        },
+      });
+      const [dialerReason, acceptorReason] = await within(
+        Promise.all([dialer.closed, acceptor.closed]),
+        3000,
+        "both sides close",
+      );
+      assert.match(dialerReason, /^protocol error \(handshake\): matcher speaks an old dialect$/);
+      assert.equal((dialer.closeError as ProtocolError).code, "handshake");
+      assert.match(acceptorReason, /matcher speaks an old dialect/);
+      await assert.rejects(dialer.ready);
+    }),
+  );
+
+  test(
+    "handshake timeout on the acceptor when the dialer sends nothing",
+    scoped(async (scope) => {
+      const started = Date.now();
+      const { session, peer } = await rawPair(scope, { side: "acceptor", handshakeTimeout: 100 });
+      const reason = await within(session.closed, 3000, "handshake timeout");
+      assert.ok(Date.now() - started >= 90, `closed after ${Date.now() - started} ms`);
+      assert.match(reason, /^protocol error \(handshake\): no handshake within 100 ms$/);
+      assert.ok(session.closeError instanceof ProtocolError);
+      assert.equal(session.closeError.code, "handshake");
+      await assert.rejects(session.ready, /no handshake within 100 ms/);
+      const goAway = await peer.expect("GOAWAY", (f) => f.type === FrameType.GOAWAY);
+      assert.match(decoder.decode(goAway.payload), /no handshake within 100 ms/);
+      await waitFor(() => peer.ended, 3000, "connection closed");
+    }),
+  );
+
+  test(
+    "handshake timeout on the dialer when the acceptor never answers its HELLO",
+    scoped(async (scope) => {
+      const { session, peer } = await rawPair(scope, { side: "dialer", handshakeTimeout: 100 });
+      const hello = await peer.expect("dialer HELLO", (f) => f.type === FrameType.HELLO);
+      assert.equal(hello.streamId, 0);
+      assert.equal(JSON.parse(decoder.decode(hello.payload)).window, 1024 * 1024);
+      const reason = await within(session.closed, 3000, "handshake timeout");
+      assert.match(reason, /no handshake within 100 ms/);
+      assert.equal((session.closeError as ProtocolError).code, "handshake");
+    }),
+  );
+
+  test(
+    "the constructor refuses a window outside 1..2^31-1",
+    scoped(async (scope) => {
+      for (const window of [0, -1, 1.5, MAX_WINDOW + 1]) {
+        const { dialer } = await connPair(scope, memoryTransport());
+        assert.throws(
+          () => new Session(dialer, { side: "dialer", window }),
+          RangeError,
+          `window ${window}`,
+        );
+      }
+    }),
+  );
+});
+
+describe("session streams", () => {
+  test(
+    "streams opened by the acceptor get odd ids, the dialer's even ids; data echoes",
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await readyPair(scope);
+      const fromAcceptor = [acceptor.openStream(), acceptor.openStream(), acceptor.openStream()];
+      const fromDialer = [dialer.openStream(), dialer.openStream()];
+      assert.deepEqual(fromAcceptor.map((s) => s.id), [1, 3, 5]);
+      assert.deepEqual(fromDialer.map((s) => s.id), [2, 4]);
+      const all = [...fromAcceptor, ...fromDialer];
+      await within(
+        Promise.all(all.map(async (stream, i) => {
+          const data = pseudoRandomBytes(10_000 + i * 7919, i + 1);
+          assertSameBytes(await roundTrip(stream, data, 3000), data, `stream ${stream.id}`);
+        })),
+        5000,
+        "echo",
+      );
+      await waitFor(
+        () => dialer.openStreams === 0 && acceptor.openStreams === 0,
+        3000,
+        "streams released",
+      );
+      assert.equal(acceptor.stats().totalStreams, 5);
+      assert.equal(dialer.stats().totalStreams, 5);
+    }),
+  );
+
+  test(
+    "meta sent with CONNECT arrives as stream.meta",
+    scoped(async (scope) => {
+      const seen: Stream[] = [];
+      const { dialer } = await readyPair(scope, {
+        acceptor: {
+          onStream: (stream) => {
+            seen.push(stream);
+            echoStream(stream);
+          },
+        },
+      });
+      const meta = {
+        service: "ssh",
+        port: 22,
+        nested: { list: [1, "two", null] },
+        unicode: "häh ✓",
+      };
+      const withMeta = dialer.openStream(meta);
+      const without = dialer.openStream();
+      assert.deepEqual(withMeta.meta, meta);
+      assert.deepEqual(without.meta, {});
+      await waitFor(() => seen.length === 2, 3000, "two streams accepted");
+      assert.equal(seen[0].id, withMeta.id);
+      assert.deepEqual(seen[0].meta, meta);
+      assert.deepEqual(seen[1].meta, {});
+    }),
+  );
+
+  test(
+    "200 concurrent streams each arrive byte-exact",
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await readyPair(scope, { dialer: { window: 128 * 1024 } });
+      const count = 200;
+      const results = await within(
+        Promise.all(Array.from({ length: count }, async (_, i) => {
+          const stream = acceptor.openStream({ index: i });
+          const data = pseudoRandomBytes(1 + ((i * 104_729) % 40_000), 1000 + i);
+          return { i, id: stream.id, data, got: await roundTrip(stream, data, 4096) };
+        })),
+        20_000,
+        "200 streams",
+      );
+      assert.equal(new Set(results.map((r) => r.id)).size, count, "ids are unique");
+      for (const { i, data, got } of results) assertSameBytes(got, data, `stream #${i}`);
+      await waitFor(
+        () => dialer.openStreams === 0 && acceptor.openStreams === 0,
+        3000,
+        "streams released",
+      );
+      const total = results.reduce((n, r) => n + r.data.length, 0);
+      assert.equal(acceptor.stats().bytesSent, total);
+      assert.equal(acceptor.stats().bytesReceived, total);
+      assert.equal(dialer.stats().bytesSent, total);
+    }),
+  );
+
+  test(
+    "half-close: after closeWrite the peer reads the data then null and can still reply in full",
+    scoped(async (scope) => {
+      const request = pseudoRandomBytes(300_000, 11);
+      const reply = pseudoRandomBytes(3 * 1024 * 1024 + 17, 12);
+      let served: Promise<Uint8Array> | null = null;
+      let acceptorSide: Stream | null = null;
+      const { dialer, acceptor } = await readyPair(scope, {
+        // A window smaller than the reply: the reply needs credit after the half-close.
+        dialer: { window: 256 * 1024 },
+        acceptor: {
+          window: 64 * 1024,
+          onStream: (stream) => {
+            acceptorSide = stream;
+            served = (async () => {
+              const got = await readAll(stream); // until the dialer's FIN
+              assert.equal(await stream.read(), null, "null again after the end");
+              await writeAll(stream, reply, 100_000);
+              return got;
+            })();
+          },
+        },
+      });
+      const stream = dialer.openStream();
+      await writeAll(stream, request, 70_000);
+      await assert.rejects(
+        stream.write(new Uint8Array(1)),
+        ConnectionClosedError,
+        "write after closeWrite",
+      );
+      const got = await within(readAll(stream), 10_000, "reply");
+      assertSameBytes(got, reply, "reply");
+      assertSameBytes(await within(served!, 3000, "request"), request, "request");
+      await within(Promise.all([stream.closed, acceptorSide!.closed]), 3000, "both ends finished");
+      assert.equal(stream.open, false);
+      await waitFor(() => dialer.openStreams === 0 && acceptor.openStreams === 0, 3000, "released");
+      assert.equal(dialer.isClosed, false, "a finished stream does not end its session");
+    }),
+  );
+
+  test(
+    "streams are refused without onStream and above maxStreams",
+    scoped(async (scope) => {
+      const held: Stream[] = [];
+      const { dialer, acceptor } = await readyPair(scope, {
+        dialer: { onStream: undefined },
+        acceptor: { maxStreams: 2, onStream: (stream) => held.push(stream) },
+      });
+      // The dialer has no onStream: the acceptor's stream is reset.
+      const refused = acceptor.openStream();
+      await assert.rejects(within(refused.read(), 3000, "refusal"), (error: unknown) => {
+        assert.ok(error instanceof StreamResetError);
+        assert.match(error.message, /stream 1 reset by peer: this side does not accept streams/);
+        return true;
+      });
+      const a = dialer.openStream(), b = dialer.openStream(), c = dialer.openStream();
+      await assert.rejects(
+        within(c.read(), 3000, "refusal"),
+        /reset by peer: too many streams \(limit 2\)/,
+      );
+      await waitFor(() => held.length === 2, 3000, "two streams accepted");
+      assert.deepEqual(held.map((s) => s.id), [a.id, b.id]);
+      assert.equal(acceptor.openStreams, 2);
+      // Once one finishes, a new one is accepted again.
+      a.reset("done");
+      await waitFor(() => acceptor.openStreams === 1, 3000, "reset reached the acceptor");
+      const d = dialer.openStream();
+      await waitFor(() => held.length === 3, 3000, "third stream accepted");
+      assert.equal(held[2].id, d.id);
+      assert.equal(dialer.isClosed || acceptor.isClosed, false);
+    }),
+  );
+});
+
+describe("session flow control", () => {
+  test(
+    "a consumer that does not read stalls only its own stream, at one window",
+    scoped(async (scope) => {
+      const window = 64 * 1024;
+      const stalled: Stream[] = [];
+      const { dialer, acceptor } = await readyPair(scope, {
+        dialer: { window },
+        acceptor: {
+          window,
+          onStream: (stream) => stream.meta.stall ? stalled.push(stream) : echoStream(stream),
+        },
+      });
+      const data = pseudoRandomBytes(1024 * 1024, 21);
+      const slow = dialer.openStream({ stall: true });
+      const writing = guard(slow.write(data));
+      await waitFor(
+        () => stalled.length === 1 && stalled[0].buffered === window,
+        3000,
+        "one window buffered",
+      );
+      const receiver = stalled[0];
+      const max = sampleMax(() => receiver.buffered);
+      try {
+        assert.equal(await settlesWithin(writing, 200), false, "write() must wait for credit");
+        assert.equal(receiver.buffered, window, "nothing beyond the window arrived");
+        assert.equal(dialer.stats().bytesSent, window);
+
+        // Another stream on the same session keeps flowing meanwhile.
+        const other = dialer.openStream();
+        const otherData = pseudoRandomBytes(1024 * 1024, 22);
+        assertSameBytes(
+          await within(roundTrip(other, otherData), 5000, "other stream"),
+          otherData,
+          "other stream",
+        );
+        assert.equal(receiver.buffered, window, "still exactly one window");
+        assert.equal(await settlesWithin(writing, 0), false, "still waiting");
+
+        // Now read: everything arrives, byte-exact.
+        const [got] = await within(
+          Promise.all([readAll(receiver), writing.then(() => slow.closeWrite())]),
+          5000,
+          "stalled stream drains",
+        );
+        assertSameBytes(got, data, "stalled stream");
+      } finally {
+        const peak = max.stop();
+        assert.ok(peak <= window, `buffered peaked at ${peak} bytes, the window is ${window}`);
+      }
+      assert.equal(dialer.isClosed || acceptor.isClosed, false);
+    }),
+  );
+
+  test(
+    "credit granted by WINDOW is exact: a full window is fine, one byte more is an error",
+    scoped(async (scope) => {
+      const held: Stream[] = [];
+      const { session, peer } = await rawPair(scope, {
+        side: "acceptor",
+        window: 1000,
+        onStream: (stream) => held.push(stream),
+      });
+      await rawHandshake(session, peer);
+      await peer.send(
+        encodeFrame(FrameType.CONNECT, 2),
+        encodeFrame(FrameType.TRAFFIC, 2, new Uint8Array(1000)),
+      );
+      await waitFor(() => held.length === 1 && held[0].buffered === 1000, 3000, "first window");
+      assert.equal(peer.ofType(FrameType.WINDOW).length, 0, "no credit before the consumer reads");
+      assert.equal((await held[0].read())!.length, 1000);
+      const grant = await peer.expect("WINDOW", (f) => f.type === FrameType.WINDOW);
+      assert.equal(grant.streamId, 2);
+      assert.equal(new DataView(grant.payload.buffer).getUint32(0), 1000);
+      // Exactly the granted credit, in two frames: accepted.
+      await peer.send(
+        encodeFrame(FrameType.TRAFFIC, 2, new Uint8Array(600)),
+        encodeFrame(FrameType.TRAFFIC, 2, new Uint8Array(400)),
+      );
+      await waitFor(() => held[0].buffered === 1000, 3000, "second window");
+      assert.equal(session.isClosed, false);
+      // One byte beyond it: the session ends.
+      await peer.send(encodeFrame(FrameType.TRAFFIC, 2, new Uint8Array(1)));
+      const reason = await within(session.closed, 3000, "window exceeded");
+      assert.match(
+        reason,
+        /^protocol error \(window-exceeded\): peer sent 1 bytes on stream 2 with only 0 bytes/,
+      );
+    }),
+  );
+});
+
+describe("session resets", () => {
+  test(
+    "reset reaches the peer as StreamResetError with the reason; other streams go on",
+    scoped(async (scope) => {
+      const accepted = new Map<string, Stream>();
+      const { dialer, acceptor } = await readyPair(scope, {
+        acceptor: {
+          onStream: (stream) => {
+            accepted.set(String(stream.meta.name), stream);
+            if (stream.meta.name === "other") echoStream(stream);
+          },
+        },
+      });
+      const doomed = dialer.openStream({ name: "doomed" });
+      const other = dialer.openStream({ name: "other" });
+      const otherData = pseudoRandomBytes(500_000, 31);
+      const otherTrip = guard(roundTrip(other, otherData, 10_000));
+      await waitFor(() => accepted.has("doomed"), 3000, "doomed accepted");
+      const remote = accepted.get("doomed")!;
+      // Bytes sent before the reset stay readable; then the read fails.
+      await remote.write(encoder.encode("last words"));
+      // A write blocked on credit fails too: the dialer grants 1 MiB by default.
+      const blocked = guard(remote.write(new Uint8Array(2 * 1024 * 1024)));
+      await doomed.write(encoder.encode("never read"));
+      await waitFor(
+        () => doomed.buffered > 0 && remote.buffered > 0,
+        3000,
+        "data before the reset",
+      );
+      remote.reset("x marks the spot");
+      // The resetting side drops what it had not read.
+      assert.equal(remote.buffered, 0);
+      await assert.rejects(blocked, StreamResetError, "pending write on the resetting side");
+      await assert.rejects(remote.read(), /stream 2 reset locally: x marks the spot/);
+      await assert.rejects(remote.write(new Uint8Array(1)), StreamResetError);
+
+      assert.equal(decoder.decode((await doomed.read())!.subarray(0, 10)), "last words");
+      // Drain what arrived before the reset, then the reset shows.
+      const error = await within(readUntilError(doomed), 3000, "reset reaches the peer");
+      assert.ok(error instanceof StreamResetError, `expected StreamResetError, got ${error}`);
+      assert.ok(error instanceof ConnectionClosedError, "a reset is a closed connection too");
+      assert.match(error.message, /x marks the spot/);
+      assert.match(error.message, /^stream 2 reset by peer: /);
+      await assert.rejects(doomed.write(new Uint8Array(1)), StreamResetError);
+      await within(doomed.closed, 1000, "doomed closed");
+
+      assertSameBytes(await within(otherTrip, 5000, "other stream"), otherData, "other stream");
+      assert.equal(dialer.isClosed || acceptor.isClosed, false);
+    }),
+  );
+
+  test(
+    "a stream reset while its writer waits for credit fails that write",
+    scoped(async (scope) => {
+      const held: Stream[] = [];
+      const { dialer } = await readyPair(scope, {
+        acceptor: { window: 16 * 1024, onStream: (stream) => held.push(stream) },
+      });
+      const stream = dialer.openStream();
+      const writing = guard(stream.write(new Uint8Array(100_000)));
+      await waitFor(() => held.length === 1 && held[0].buffered === 16 * 1024, 3000, "window full");
+      held[0].reset("no thanks");
+      await assert.rejects(within(writing, 3000, "write fails"), /reset by peer: no thanks/);
+    }),
+  );
+
+  test(
+    "closing a session fails open streams on both sides",
+    scoped(async (scope) => {
+      const held: Stream[] = [];
+      const { dialer, acceptor } = await readyPair(scope, {
+        acceptor: { onStream: (s) => held.push(s) },
+      });
+      const stream = dialer.openStream();
+      await waitFor(() => held.length === 1, 3000, "accepted");
+      const pending = guard(held[0].read());
+      dialer.close("shutting down");
+      await assert.rejects(stream.read(), /session closed: shutting down/);
+      await assert.rejects(within(pending, 3000, "peer stream fails"), ConnectionClosedError);
+      assert.equal(await within(dialer.closed, 1000, "dialer closed"), "shutting down");
+      assert.equal(
+        await within(acceptor.closed, 3000, "acceptor closed"),
+        "peer closed the connection",
+      );
+      assert.equal(acceptor.closeError instanceof ProtocolError, false);
+    }),
+  );
+});
+
+describe("session go-away", () => {
+  test(
+    "goAway refuses new streams on both sides, lets open streams finish, then both close",
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await readyPair(scope, { acceptor: { window: 64 * 1024 } });
+      const stream = dialer.openStream();
+      const data = pseudoRandomBytes(2 * 1024 * 1024, 41);
+      // Half the data before the go-away, half after.
+      const half = data.length / 2;
+      const reading = guard(readAll(stream));
+      await stream.write(data.subarray(0, half));
+      acceptor.goAway("maintenance");
+      assert.equal(acceptor.acceptingStreams, false);
+      assert.throws(() => acceptor.openStream(), /going away/);
+      await waitFor(() => !dialer.acceptingStreams, 3000, "dialer saw GOAWAY");
+      assert.throws(() => dialer.openStream(), /Cannot open stream: session is going away/);
+      assert.equal(
+        dialer.isClosed || acceptor.isClosed,
+        false,
+        "open streams keep the sessions up",
+      );
+      await stream.write(data.subarray(half));
+      await stream.closeWrite();
+      assertSameBytes(await within(reading, 5000, "echo"), data, "stream finished after GOAWAY");
+      const [dialerReason, acceptorReason] = await within(
+        Promise.all([dialer.closed, acceptor.closed]),
+        3000,
+        "both close",
+      );
+      assert.equal(acceptor.closeError, null);
+      assert.equal(dialer.closeError, null);
+      assert.match(acceptorReason, /drained/);
+      assert.match(dialerReason, /drained|peer going away|peer closed/);
+    }),
+  );
+
+  test(
+    "goAway without open streams closes both sessions at once, naming the reason",
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await readyPair(scope);
+      dialer.goAway("bye for now");
+      const [dialerReason, acceptorReason] = await within(
+        Promise.all([dialer.closed, acceptor.closed]),
+        3000,
+        "both close",
+      );
+      assert.equal(dialerReason, "bye for now");
+      assert.equal(acceptorReason, "peer going away: bye for now");
+    }),
+  );
+
+  test(
+    "a CONNECT that crosses our GOAWAY is refused with a reset",
+    scoped(async (scope) => {
+      const held: Stream[] = [];
+      const { session, peer } = await rawPair(scope, {
+        side: "acceptor",
+        onStream: (s) => held.push(s),
+      });
+      await rawHandshake(session, peer);
+      await peer.send(encodeFrame(FrameType.CONNECT, 2));
+      await waitFor(() => held.length === 1, 3000, "stream 2 accepted");
+      session.goAway("maintenance");
+      const goAway = await peer.expect("GOAWAY", (f) => f.type === FrameType.GOAWAY);
+      assert.equal(goAway.streamId, 0);
+      assert.equal(decoder.decode(goAway.payload), "maintenance");
+      await peer.send(encodeFrame(FrameType.CONNECT, 4));
+      const refusal = await peer.expect(
+        "DISCONNECT 4",
+        (f) => f.type === FrameType.DISCONNECT && f.streamId === 4,
+      );
+      assert.equal(decoder.decode(refusal.payload), "going away");
+      assert.equal(held.length, 1);
+      assert.equal(session.isClosed, false);
+      // Stream 2 finishes; then the session closes.
+      await held[0].closeWrite();
+      await peer.send(encodeFrame(FrameType.FIN, 2));
+      assert.equal(await within(session.closed, 3000, "drained"), "drained");
+      await waitFor(() => peer.ended, 3000, "connection closed");
+    }),
+  );
+});
+
+describe("session heartbeat", () => {
+  test(
+    "a silent peer is declared dead after heartbeatTimeout",
+    scoped(async (scope) => {
+      const { session, peer } = await rawPair(scope, {
+        side: "acceptor",
+        heartbeatInterval: 25,
+        heartbeatTimeout: 200,
+      });
+      await rawHandshake(session, peer);
+      const since = Date.now();
+      const reason = await within(session.closed, 3000, "heartbeat timeout");
+      const elapsed = Date.now() - since;
+      assert.match(reason, /heartbeat timeout/);
+      assert.match(reason, /^peer silent for \d+ s/);
+      assert.ok(elapsed >= 150, `closed after only ${elapsed} ms`);
+      const pings = peer.ofType(FrameType.PING);
+      assert.ok(pings.length >= 2, `expected PINGs, got ${pings.length}`);
+      for (const ping of pings) {
+        assert.equal(ping.streamId, 0);
+        assert.equal(ping.payload.length, 8);
+      }
+      await waitFor(() => peer.ended, 3000, "connection closed");
+    }),
+  );
+
+  test(
+    "a peer that answers PINGs stays connected past heartbeatTimeout",
+    scoped(async (scope) => {
+      const { session, peer } = await rawPair(scope, {
+        side: "dialer",
+        heartbeatInterval: 20,
+        heartbeatTimeout: 250,
+      });
+      peer.autoPong = true;
+      await peer.expect("HELLO", (f) => f.type === FrameType.HELLO);
+      await rawHandshake(session, peer);
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      assert.equal(session.isClosed, false, `closed: ${session.closeReason}`);
+      assert.ok(peer.ofType(FrameType.PING).length >= 5);
+      const rtt = session.stats().rttMs;
+      assert.ok(rtt !== null && rtt >= 0 && rtt < 1000, `rtt ${rtt}`);
+    }),
+  );
+
+  test(
+    "two live sessions keep each other alive and measure the round-trip time",
+    scoped(async (scope) => {
+      const heartbeat = { heartbeatInterval: 20, heartbeatTimeout: 250 };
+      const { dialer, acceptor } = await readyPair(scope, {
+        dialer: heartbeat,
+        acceptor: heartbeat,
+      });
+      assert.equal(dialer.stats().rttMs, null);
+      await waitFor(
+        () => dialer.stats().rttMs !== null && acceptor.stats().rttMs !== null,
+        3000,
+        "rtt measured",
+      );
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      for (const session of [dialer, acceptor]) {
+        assert.equal(session.isClosed, false, `closed: ${session.closeReason}`);
+        const rtt = session.stats().rttMs!;
+        assert.ok(rtt >= 0 && rtt < 1000, `rtt ${rtt}`);
+      }
+    }),
+  );
+
+  test(
+    "an interval longer than the timeout keeps a live peer and still catches a silent one",
+    scoped(async (scope) => {
+      // A live peer is quiet for a whole interval between PONGs; that is no timeout.
+      const heartbeat = { heartbeatInterval: 60, heartbeatTimeout: 25 };
+      const { dialer, acceptor } = await readyPair(scope, {
+        dialer: heartbeat,
+        acceptor: heartbeat,
+      });
+      const { session, peer } = await rawPair(scope, { side: "acceptor", ...heartbeat });
+      await rawHandshake(session, peer);
+      const reason = await within(session.closed, 3000, "silent peer declared dead");
+      assert.match(reason, /heartbeat timeout/);
+      assert.ok(peer.ofType(FrameType.PING).length >= 1);
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      for (const live of [dialer, acceptor]) {
+        assert.equal(live.isClosed, false, `live session closed: ${live.closeReason}`);
+        assert.notEqual(live.stats().rttMs, null);
+      }
+    }),
+  );
+});
+
+interface BadCase {
+  name: string;
+  /** Which side the session under test plays; the raw peer plays the other. */
+  side?: "dialer" | "acceptor";
+  /** Complete the handshake before sending `frames`. */
+  handshake: boolean;
+  options?: SideOptions;
+  frames: Uint8Array[];
+  code: ProtocolErrorCode;
+  reason: RegExp;
+}
+
+const TRAFFIC = FrameType.TRAFFIC;
+const badCases: BadCase[] = [
+  {
+    name: "garbage bytes (an HTTP request)",
+    handshake: false,
+    frames: [encoder.encode("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")],
+    code: "bad-version",
+    reason: /peer sent protocol version 1195725856, this build speaks 2/,
+  },
+  {
+    name: "garbage bytes after the handshake",
+    handshake: true,
+    frames: [pseudoRandomBytes(100, 77)],
+    code: "bad-version",
+    reason: /peer sent protocol version \d+/,
+  },
+  {
+    name: "version 1 (the O3SR gem)",
+    handshake: false,
+    frames: [encodeFrame(FrameType.CONNECT, 1, EMPTY, 1)],
+    code: "bad-version",
+    reason: /version 1 .*O3SR Ruby gem/,
+  },
+  {
+    name: "version 0",
+    handshake: true,
+    frames: [encodeFrame(FrameType.PING, 0, new Uint8Array(8), 0)],
+    code: "bad-version",
+    reason: /protocol version 0,/,
+  },
+  {
+    name: "version 99",
+    handshake: false,
+    frames: [encodeFrame(FrameType.HELLO, 0, json({ window: 10 }), 99)],
+    code: "bad-version",
+    reason: /protocol version 99,/,
+  },
+  {
+    name: "unknown frame type",
+    handshake: true,
+    frames: [encodeFrame(42, 0)],
+    code: "unknown-frame-type",
+    reason: /unknown frame type 42 on stream 0/,
+  },
+  {
+    name: "oversize length (header only)",
+    handshake: true,
+    frames: [bareHeader(TRAFFIC, 2, MAX_PAYLOAD + 1)],
+    code: "oversize-frame",
+    reason: new RegExp(`frame of ${MAX_PAYLOAD + 1} bytes, the limit is ${MAX_PAYLOAD}`),
+  },
+  {
+    name: "length above a configured maxPayload",
+    handshake: true,
+    options: { maxPayload: 1000 },
+    frames: [encodeFrame(FrameType.CONNECT, 2), encodeFrame(TRAFFIC, 2, new Uint8Array(1001))],
+    code: "oversize-frame",
+    reason: /frame of 1001 bytes, the limit is 1000/,
+  },
+  {
+    name: "TRAFFIC for a stream that never existed",
+    handshake: true,
+    frames: [encodeFrame(TRAFFIC, 2, new Uint8Array(5))],
+    code: "unknown-stream",
+    reason: /TRAFFIC for stream 2, which was never opened/,
+  },
+  {
+    name: "WINDOW for a stream of ours that never existed",
+    handshake: true,
+    frames: [encodeFrame(FrameType.WINDOW, 1, uint32(100))],
+    code: "unknown-stream",
+    reason: /WINDOW for stream 1, which was never opened/,
+  },
+  {
+    name: "FIN for a stream id above the last opened one",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 2), encodeFrame(FrameType.FIN, 4)],
+    code: "unknown-stream",
+    reason: /FIN for stream 4, which was never opened/,
+  },
+  {
+    name: "DISCONNECT for a stream that never existed",
+    handshake: true,
+    frames: [encodeFrame(FrameType.DISCONNECT, 0xffff_ffff)],
+    code: "unknown-stream",
+    reason: /DISCONNECT for stream 4294967295/,
+  },
+  {
+    name: "data beyond the window in one frame",
+    handshake: true,
+    options: { window: 1024 },
+    frames: [encodeFrame(FrameType.CONNECT, 2), encodeFrame(TRAFFIC, 2, new Uint8Array(1025))],
+    code: "window-exceeded",
+    reason: /1025 bytes on stream 2 with only 1024 bytes of window left/,
+  },
+  {
+    name: "data beyond the window over several frames",
+    handshake: true,
+    options: { window: 1024 },
+    frames: [
+      encodeFrame(FrameType.CONNECT, 2),
+      encodeFrame(TRAFFIC, 2, new Uint8Array(1000)),
+      encodeFrame(TRAFFIC, 2, new Uint8Array(24)),
+      encodeFrame(TRAFFIC, 2, new Uint8Array(1)),
+    ],
+    code: "window-exceeded",
+    reason: /1 bytes on stream 2 with only 0 bytes of window left/,
+  },
+  {
+    name: "a second HELLO",
+    handshake: true,
+    frames: [encodeFrame(FrameType.HELLO, 0, json({ window: 1000 }))],
+    code: "handshake",
+    reason: /second HELLO/,
+  },
+  {
+    name: "a CONNECT before the handshake",
+    handshake: false,
+    frames: [encodeFrame(FrameType.CONNECT, 2)],
+    code: "handshake",
+    reason: /CONNECT before the handshake completed/,
+  },
+  {
+    name: "TRAFFIC before the handshake",
+    handshake: false,
+    frames: [encodeFrame(TRAFFIC, 2, new Uint8Array(3))],
+    code: "handshake",
+    reason: /TRAFFIC before the handshake completed/,
+  },
+  {
+    name: "a HELLO that is not JSON",
+    handshake: false,
+    frames: [encodeFrame(FrameType.HELLO, 0, encoder.encode("{window: 1"))],
+    code: "handshake",
+    reason: /HELLO that is not JSON$/,
+  },
+  {
+    name: "a HELLO that is a JSON array",
+    handshake: false,
+    frames: [encodeFrame(FrameType.HELLO, 0, json([1, 2]))],
+    code: "handshake",
+    reason: /HELLO that is not a JSON object/,
+  },
+  {
+    name: "a HELLO without a window",
+    handshake: false,
+    frames: [encodeFrame(FrameType.HELLO, 0, json({ role: "relay" }))],
+    code: "handshake",
+    reason: /HELLO with window undefined; expected 1-2147483647/,
+  },
+  {
+    name: "a HELLO with a window too large",
+    handshake: false,
+    frames: [encodeFrame(FrameType.HELLO, 0, json({ window: MAX_WINDOW + 1 }))],
+    code: "handshake",
+    reason: /HELLO with window 2147483648/,
+  },
+  {
+    name: "a HELLO on a stream",
+    handshake: false,
+    frames: [encodeFrame(FrameType.HELLO, 5, json({ window: 1000 }))],
+    code: "bad-frame",
+    reason: /HELLO on stream 5; it belongs on stream 0/,
+  },
+  {
+    name: "TRAFFIC on stream 0",
+    handshake: true,
+    frames: [encodeFrame(TRAFFIC, 0, new Uint8Array(1))],
+    code: "bad-frame",
+    reason: /TRAFFIC on stream 0$/,
+  },
+  {
+    name: "CONNECT with an odd id from the dialer",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 3)],
+    code: "bad-frame",
+    reason: /opened stream 3, but its stream ids are even/,
+  },
+  {
+    name: "CONNECT with an even id from the acceptor",
+    side: "dialer",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 2)],
+    code: "bad-frame",
+    reason: /opened stream 2, but its stream ids are odd/,
+  },
+  {
+    name: "CONNECT with a decreasing id",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 4), encodeFrame(FrameType.CONNECT, 2)],
+    code: "bad-frame",
+    reason: /opened stream 2 after 4; ids must grow/,
+  },
+  {
+    name: "CONNECT reusing an id",
+    side: "dialer",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 1), encodeFrame(FrameType.CONNECT, 1)],
+    code: "bad-frame",
+    reason: /opened stream 1 after 1; ids must grow/,
+  },
+  {
+    name: "CONNECT with meta that is not JSON",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 2, encoder.encode("{oops"))],
+    code: "bad-frame",
+    reason: /CONNECT for stream 2 with a payload that is not JSON$/,
+  },
+  {
+    name: "CONNECT with meta that is not an object",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 2, json("text"))],
+    code: "bad-frame",
+    reason: /not a JSON object/,
+  },
+  {
+    name: "a WINDOW frame of the wrong size",
+    handshake: true,
+    frames: [
+      encodeFrame(FrameType.CONNECT, 2),
+      encodeFrame(FrameType.WINDOW, 2, new Uint8Array(3)),
+    ],
+    code: "bad-frame",
+    reason: /WINDOW frame of 3 bytes; it must be 4/,
+  },
+  {
+    name: "a WINDOW increment of 0",
+    handshake: true,
+    frames: [encodeFrame(FrameType.CONNECT, 2), encodeFrame(FrameType.WINDOW, 2, uint32(0))],
+    code: "bad-frame",
+    reason: /window update of 0 on stream 2/,
+  },
+  {
+    name: "a WINDOW increment beyond 2^31-1 of credit",
+    handshake: true,
+    frames: [
+      encodeFrame(FrameType.CONNECT, 2),
+      encodeFrame(FrameType.WINDOW, 2, uint32(MAX_WINDOW)),
+    ],
+    code: "bad-frame",
+    reason: /window update of 2147483647 on stream 2 \(credit was 1048576\)/,
+  },
+  {
+    name: "a second FIN",
+    handshake: true,
+    frames: [
+      encodeFrame(FrameType.CONNECT, 2),
+      encodeFrame(FrameType.FIN, 2),
+      encodeFrame(FrameType.FIN, 2),
+    ],
+    code: "bad-frame",
+    reason: /second FIN on stream 2/,
+  },
+  {
+    name: "TRAFFIC after FIN",
+    handshake: true,
+    frames: [
+      encodeFrame(FrameType.CONNECT, 2),
+      encodeFrame(FrameType.FIN, 2),
+      encodeFrame(TRAFFIC, 2, new Uint8Array(1)),
+    ],
+    code: "bad-frame",
+    reason: /TRAFFIC on stream 2 after its FIN/,
+  },
+];
+
+describe("session bad input from a raw peer", () => {
+  for (const bad of badCases) {
+    const side = bad.side ?? "acceptor";
+    test(
+      `${bad.name} (session as ${side}) ends that session only`,
+      scoped(async (scope) => {
+        const transport = memoryTransport();
+        // A healthy session on the same transport, busy while the other one fails.
+        const healthy = await readyPair(scope, { transport });
+        const healthyData = pseudoRandomBytes(300_000, 5);
+        const healthyTrip = guard(roundTrip(healthy.dialer.openStream(), healthyData, 20_000));
+
+        const held: Stream[] = [];
+        const { session, peer } = await rawPair(
+          scope,
+          { ...bad.options, side, onStream: (stream) => held.push(stream) },
+          transport,
+        );
+        if (bad.handshake) {
+          if (side === "dialer") await peer.expect("HELLO", (f) => f.type === FrameType.HELLO);
+          await rawHandshake(session, peer);
+        }
+        const sentBefore = peer.frames.length;
+        await peer.send(...bad.frames);
+        const reason = await within(session.closed, 3000, "session closes");
+        assert.ok(reason.startsWith(`protocol error (${bad.code}): `), `reason: ${reason}`);
+        assert.match(reason, bad.reason);
+        assert.ok(session.closeError instanceof ProtocolError, `closeError: ${session.closeError}`);
+        assert.equal(session.closeError.code, bad.code);
+        assert.equal(session.closeReason, reason);
+        assert.equal(session.isClosed, true);
+        if (!bad.handshake) await assert.rejects(session.ready);
+        for (const stream of held) {
+          const error = await readUntilError(stream);
+          assert.ok(
+            error instanceof ConnectionClosedError,
+            `stream ${stream.id} ended with ${error}`,
+          );
+          assert.match(error.message, /^session closed: protocol error/);
+        }
+
+        // The peer was told why, in a GOAWAY on stream 0, before the connection closed.
+        await waitFor(() => peer.ended, 3000, "connection closed");
+        const last = peer.frames[peer.frames.length - 1];
+        assert.ok(peer.frames.length > sentBefore, "no GOAWAY");
+        assert.equal(last.type, FrameType.GOAWAY);
+        assert.equal(last.streamId, 0);
+        assert.equal(decoder.decode(last.payload), `protocol error: ${session.closeError.message}`);
+
+        assertSameBytes(
+          await within(healthyTrip, 5000, "healthy session"),
+          healthyData,
+          "healthy session",
+        );
+        assert.equal(healthy.dialer.isClosed || healthy.acceptor.isClosed, false);
+      }),
+    );
+  }
+
+  test(
+    "the GOAWAY sent on a protocol error is the last thing on the wire",
+    scoped(async (scope) => {
+      const { session, peer } = await rawPair(scope, { side: "acceptor" });
+      await rawHandshake(session, peer);
+      await peer.send(encodeFrame(7, 9, new Uint8Array(8)), encodeFrame(1234, 0));
+      await within(session.closed, 3000, "session closes");
+      await waitFor(() => peer.ended, 3000, "connection closed");
+      assert.equal(peer.endError, null, `the connection ended with an error: ${peer.endError}`);
+      assert.deepEqual(
+        peer.frames.map((f) => [f.type, f.streamId]),
+        [[FrameType.HELLO, 0], [FrameType.GOAWAY, 0]],
+      );
+      assert.equal(
+        decoder.decode(peer.frames[1].payload),
+        "protocol error: peer sent PING on stream 9; it belongs on stream 0",
+      );
+      // Only the first violation counts.
+      assert.equal(
+        session.closeReason,
+        "protocol error (bad-frame): peer sent PING on stream 9; it belongs on stream 0",
+      );
+    }),
+  );
+
+  test(
+    "frames for recently closed streams are ignored, not an error",
+    scoped(async (scope) => {
+      const accepted: Stream[] = [];
+      const { session, peer } = await rawPair(scope, {
+        side: "acceptor",
+        window: 1024,
+        onStream: (stream) => {
+          accepted.push(stream);
+          if (stream.id === 2) stream.reset("nope");
+          if (stream.id === 4) stream.closeWrite();
+        },
+      });
+      await rawHandshake(session, peer);
+      // Stream 2: reset by the session at once.
+      await peer.send(encodeFrame(FrameType.CONNECT, 2));
+      await peer.expect("DISCONNECT 2", (f) => f.type === FrameType.DISCONNECT && f.streamId === 2);
+      // Stream 4: finished both ways.
+      await peer.send(encodeFrame(FrameType.CONNECT, 4), encodeFrame(FrameType.FIN, 4));
+      await waitFor(() => accepted.length === 2 && !accepted[1].open, 3000, "stream 4 finished");
+      // Stream 1: opened by the session, then reset by it.
+      const own = session.openStream();
+      assert.equal(own.id, 1);
+      await peer.expect("CONNECT 1", (f) => f.type === FrameType.CONNECT && f.streamId === 1);
+      own.reset("changed my mind");
+      await peer.expect("DISCONNECT 1", (f) => f.type === FrameType.DISCONNECT && f.streamId === 1);
+      assert.equal(session.openStreams, 0);
+
+      const late = [2, 4, 1].flatMap((id) => [
+        encodeFrame(TRAFFIC, id, new Uint8Array(5000)), // even beyond the old window
+        encodeFrame(FrameType.WINDOW, id, uint32(100)),
+        encodeFrame(FrameType.FIN, id),
+        encodeFrame(FrameType.FIN, id),
+        encodeFrame(FrameType.DISCONNECT, id, encoder.encode("late")),
+      ]);
+      const ping = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
+      await peer.send(...late, encodeFrame(FrameType.PING, 0, ping));
+      // The PONG proves the late frames before it were processed.
+      const pong = await peer.expect("PONG", (f) => f.type === FrameType.PONG);
+      assert.deepEqual([...pong.payload], [...ping]);
+      assert.equal(session.isClosed, false, `closed: ${session.closeReason}`);
+      assert.equal(session.closeError, null);
+      // And the session still works.
+      await peer.send(encodeFrame(FrameType.CONNECT, 6, json({ after: true })));
+      await waitFor(() => accepted.length === 3, 3000, "stream 6 accepted");
+      assert.deepEqual(accepted[2].meta, { after: true });
+      assert.equal(accepted[2].id, 6);
+    }),
+  );
+
+  test(
+    "a frame for a never-opened id is still an error after others closed",
+    scoped(async (scope) => {
+      const { session, peer } = await rawPair(scope, {
+        side: "acceptor",
+        onStream: (s) => s.reset(),
+      });
+      await rawHandshake(session, peer);
+      await peer.send(encodeFrame(FrameType.CONNECT, 2));
+      await peer.expect("DISCONNECT 2", (f) => f.type === FrameType.DISCONNECT);
+      // Ours are odd and none was opened; theirs go up to 2.
+      await peer.send(encodeFrame(TRAFFIC, 3, new Uint8Array(1)));
+      assert.match(
+        await within(session.closed, 3000, "closed"),
+        /unknown-stream.*stream 3, which was never opened/,
+      );
+    }),
+  );
+});
+
+describe("session over real TCP", () => {
+  test(
+    `many streams, flow control and go-away over ${runtime} TCP`,
+    scoped(async (scope) => {
+      const { dialer, acceptor } = await readyPair(scope, {
+        transport: tcp(),
+        dialer: { window: 256 * 1024 },
+        acceptor: { window: 256 * 1024 },
+      });
+      assert.equal(dialer.remoteAddr.port, acceptor.localAddr.port);
+      const sizes = [0, 1, 16, 1000, 65_536, 300_000, 4 * 1024 * 1024];
+      for (let i = 0; i < 40; i++) sizes.push((i * 7_919) % 100_000);
+      const results = await within(
+        Promise.all(sizes.map(async (size, i) => {
+          const stream = i % 2 === 0 ? dialer.openStream() : acceptor.openStream();
+          const data = pseudoRandomBytes(size, 500 + i);
+          return { data, got: await roundTrip(stream, data, 64 * 1024) };
+        })),
+        20_000,
+        "streams over TCP",
+      );
+      for (const [i, { data, got }] of results.entries()) {
+        assertSameBytes(got, data, `stream #${i}`);
+      }
+      acceptor.goAway("done");
+      const reasons = await within(
+        Promise.all([dialer.closed, acceptor.closed]),
+        5000,
+        "both close",
+      );
+      assert.deepEqual(reasons, ["peer going away: done", "done"]);
+    }),
+  );
+
+  test(
+    `a raw ${runtime} TCP peer speaking version 1 is refused with a GOAWAY`,
+    scoped(async (scope) => {
+      const { session, peer } = await rawPair(scope, { side: "acceptor" }, tcp());
+      await peer.send(encodeFrame(FrameType.CONNECT, 1, EMPTY, 1));
+      assert.match(await within(session.closed, 3000, "closed"), /bad-version.*O3SR Ruby gem/);
+      await waitFor(() => peer.ended, 3000, "connection closed");
+      assert.equal(peer.frames.length, 1);
+      assert.equal(peer.frames[0].type, FrameType.GOAWAY);
+      assert.match(
+        decoder.decode(peer.frames[0].payload),
+        /^protocol error: peer sent protocol version 1/,
+      );
+    }),
+  );
+});
