@@ -291,7 +291,7 @@ export function parseConfigText(text: string, path: string): Partial<Settings> {
   try {
     document = parseYaml(text);
   } catch (error) {
-    const reason = (error instanceof Error ? error.message : String(error)).split("\n")[0];
+    const reason = (error instanceof Error ? error.message : String(error)).split("\n")[0].replace(/:$/, "");
     throw new UsageError(`config ${path}: not valid YAML: ${reason}`);
   }
   return settingsFromDocument(document, path);

@@ -110,7 +110,8 @@ export function formatBytes(bytes: number): string {
     value /= 1024;
     unit++;
   }
-  return `${value.toFixed(value < 10 ? 1 : 0)}${units[unit]}`;
+  const shown = Number.isInteger(value) ? String(value) : value.toFixed(value < 10 ? 1 : 0);
+  return `${shown}${units[unit]}`;
 }
 
 /** Formats milliseconds for people: `850ms`, `2.5s`, `3m20s`. */

@@ -75,7 +75,7 @@ export async function readAll(conn: Conn): Promise<Uint8Array> {
   return out;
 }
 
-/** Reads exactly `n` bytes, or throws at an early end. */
+/** Reads exactly `n` bytes, or throws at an early end. Bytes past `n` in the last chunk are dropped. */
 export async function readExactly(conn: Conn, n: number): Promise<Uint8Array> {
   const out = new Uint8Array(n);
   let at = 0;
@@ -151,10 +151,26 @@ export async function waitFor(condition: () => boolean, timeoutMs = 5000, what =
   }
 }
 
-/** Whether a promise settles within `ms`. */
-export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let settled = false;
-  promise.then(() => settled = true, () => settled = true);
-  await delay(ms);
-  return settled;
+/** Whether a promise settles within `ms` (answers as soon as it does). */
+export function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    const settled = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    promise.then(settled, settled);
+  });
+}
+
+/** The repository root. */
+export const repoRoot: string = decodeURIComponent(new URL("..", import.meta.url).pathname).replace(/^\/([A-Za-z]:)/, "$1");
+
+/** A port that was free a moment ago (bind 0, read it, release it). */
+export async function freePort(transport: Transport = tcp()): Promise<number> {
+  const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  await delay(20);
+  return port;
 }
