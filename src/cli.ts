@@ -12,8 +12,8 @@ import {
   closest,
   defaultSettings,
   locateConfig,
-  type OptionSpec,
   OPTIONS,
+  type OptionSpec,
   parseConfigText,
   parseMode,
   parseValue,
@@ -153,7 +153,9 @@ function parseInvocation(args: string[]): Invocation {
   if (first !== undefined) {
     if (!(COMMANDS as readonly string[]).includes(first)) {
       const hint = closest(first, COMMANDS);
-      throw new UsageError(`unknown command "${first}"${hint ? ` (did you mean "${hint}"?)` : ""}; commands: matcher, relay, demo`);
+      throw new UsageError(
+        `unknown command "${first}"${hint ? ` (did you mean "${hint}"?)` : ""}; commands: matcher, relay, demo`,
+      );
     }
     if (first === "help") help = true;
     else if (first === "version") version = true;
@@ -175,7 +177,9 @@ function parseInvocation(args: string[]): Invocation {
   if (command === "matcher" || command === "relay") {
     for (const option of flags.keys()) {
       if (!option.roles.includes(command)) {
-        throw new UsageError(`--${option.flag} is a ${option.roles.join("/")} option; it does nothing for a ${command}`);
+        throw new UsageError(
+          `--${option.flag} is a ${option.roles.join("/")} option; it does nothing for a ${command}`,
+        );
       }
     }
   }

@@ -47,25 +47,162 @@ const BOTH: readonly Role[] = ["matcher", "relay"];
 
 /** Every setting, in help order. */
 export const OPTIONS: readonly OptionSpec[] = [
-  { key: "relay_port", flag: "relay-port", type: "listen-port", default: 6543, roles: ["matcher"], help: "port relays dial in to" },
-  { key: "client_port", flag: "client-port", type: "listen-port", default: 6544, roles: ["matcher"], help: "port users connect to" },
-  { key: "listen_host", flag: "listen-host", type: "host", default: "0.0.0.0", roles: ["matcher"], help: "address both matcher ports bind to" },
-  { key: "balance", flag: "balance", type: "enum", values: BALANCES, default: "random", roles: ["matcher"], help: "how a client's relay is picked" },
-  { key: "relay_wait", flag: "relay-wait", type: "duration", default: 10_000, roles: ["matcher"], help: "how long a client waits for a relay when none is connected" },
-  { key: "matcher_host", flag: "matcher-host", type: "host", default: "localhost", roles: ["relay"], help: "matcher to dial" },
-  { key: "matcher_port", flag: "matcher-port", type: "port", default: 6543, roles: ["relay"], help: "matcher's relay port" },
-  { key: "dest_host", flag: "dest-host", type: "host", default: "localhost", roles: ["relay"], help: "destination each stream is forwarded to" },
+  {
+    key: "relay_port",
+    flag: "relay-port",
+    type: "listen-port",
+    default: 6543,
+    roles: ["matcher"],
+    help: "port relays dial in to",
+  },
+  {
+    key: "client_port",
+    flag: "client-port",
+    type: "listen-port",
+    default: 6544,
+    roles: ["matcher"],
+    help: "port users connect to",
+  },
+  {
+    key: "listen_host",
+    flag: "listen-host",
+    type: "host",
+    default: "0.0.0.0",
+    roles: ["matcher"],
+    help: "address both matcher ports bind to",
+  },
+  {
+    key: "balance",
+    flag: "balance",
+    type: "enum",
+    values: BALANCES,
+    default: "random",
+    roles: ["matcher"],
+    help: "how a client's relay is picked",
+  },
+  {
+    key: "relay_wait",
+    flag: "relay-wait",
+    type: "duration",
+    default: 10_000,
+    roles: ["matcher"],
+    help: "how long a client waits for a relay when none is connected",
+  },
+  {
+    key: "matcher_host",
+    flag: "matcher-host",
+    type: "host",
+    default: "localhost",
+    roles: ["relay"],
+    help: "matcher to dial",
+  },
+  {
+    key: "matcher_port",
+    flag: "matcher-port",
+    type: "port",
+    default: 6543,
+    roles: ["relay"],
+    help: "matcher's relay port",
+  },
+  {
+    key: "dest_host",
+    flag: "dest-host",
+    type: "host",
+    default: "localhost",
+    roles: ["relay"],
+    help: "destination each stream is forwarded to",
+  },
   { key: "dest_port", flag: "dest-port", type: "port", default: 80, roles: ["relay"], help: "destination port" },
-  { key: "connections", flag: "connections", type: "int", min: 1, max: 64, default: 2, roles: ["relay"], help: "sessions kept open to the matcher" },
-  { key: "reconnect_max", flag: "reconnect-max", type: "duration", min: 100, default: 30_000, roles: ["relay"], help: "longest pause between reconnect attempts" },
-  { key: "connect_timeout", flag: "connect-timeout", type: "duration", min: 1, default: 10_000, roles: ["relay"], help: "limit for dialing the matcher or a destination" },
-  { key: "window", flag: "window", type: "size", min: 16 * 1024, max: 0x7fff_ffff, default: 1024 * 1024, roles: BOTH, help: "per-stream receive window (flow control)" },
-  { key: "heartbeat_interval", flag: "heartbeat-interval", type: "duration", default: 10_000, roles: BOTH, help: "pause between pings on a session; 0 turns heartbeats off" },
-  { key: "heartbeat_timeout", flag: "heartbeat-timeout", type: "duration", min: 1, default: 30_000, roles: BOTH, help: "silence after which the peer is declared dead" },
-  { key: "handshake_timeout", flag: "handshake-timeout", type: "duration", min: 1, default: 10_000, roles: BOTH, help: "limit for a new session's handshake" },
-  { key: "drain_timeout", flag: "drain-timeout", type: "duration", default: 10_000, roles: BOTH, help: "on SIGINT/SIGTERM, how long open streams may finish" },
-  { key: "log_level", flag: "log-level", type: "enum", values: LOG_LEVELS, default: "info", roles: BOTH, help: "least severe level logged" },
-  { key: "log_format", flag: "log-format", type: "enum", values: ["text", "json"], default: "text", roles: BOTH, help: "log line format" },
+  {
+    key: "connections",
+    flag: "connections",
+    type: "int",
+    min: 1,
+    max: 64,
+    default: 2,
+    roles: ["relay"],
+    help: "sessions kept open to the matcher",
+  },
+  {
+    key: "reconnect_max",
+    flag: "reconnect-max",
+    type: "duration",
+    min: 100,
+    default: 30_000,
+    roles: ["relay"],
+    help: "longest pause between reconnect attempts",
+  },
+  {
+    key: "connect_timeout",
+    flag: "connect-timeout",
+    type: "duration",
+    min: 1,
+    default: 10_000,
+    roles: ["relay"],
+    help: "limit for dialing the matcher or a destination",
+  },
+  {
+    key: "window",
+    flag: "window",
+    type: "size",
+    min: 16 * 1024,
+    max: 0x7fff_ffff,
+    default: 1024 * 1024,
+    roles: BOTH,
+    help: "per-stream receive window (flow control)",
+  },
+  {
+    key: "heartbeat_interval",
+    flag: "heartbeat-interval",
+    type: "duration",
+    default: 10_000,
+    roles: BOTH,
+    help: "pause between pings on a session; 0 turns heartbeats off",
+  },
+  {
+    key: "heartbeat_timeout",
+    flag: "heartbeat-timeout",
+    type: "duration",
+    min: 1,
+    default: 30_000,
+    roles: BOTH,
+    help: "silence after which the peer is declared dead",
+  },
+  {
+    key: "handshake_timeout",
+    flag: "handshake-timeout",
+    type: "duration",
+    min: 1,
+    default: 10_000,
+    roles: BOTH,
+    help: "limit for a new session's handshake",
+  },
+  {
+    key: "drain_timeout",
+    flag: "drain-timeout",
+    type: "duration",
+    default: 10_000,
+    roles: BOTH,
+    help: "on SIGINT/SIGTERM, how long open streams may finish",
+  },
+  {
+    key: "log_level",
+    flag: "log-level",
+    type: "enum",
+    values: LOG_LEVELS,
+    default: "info",
+    roles: BOTH,
+    help: "least severe level logged",
+  },
+  {
+    key: "log_format",
+    flag: "log-format",
+    type: "enum",
+    values: ["text", "json"],
+    default: "text",
+    roles: BOTH,
+    help: "log line format",
+  },
 ];
 
 /** The effective settings, keyed by the camelCase form of each config key. */
@@ -151,7 +288,9 @@ export function parseValue(option: OptionSpec, raw: unknown, source: Source): st
     case "duration": {
       const ms = parseDuration(raw);
       if (ms === null || ms < (option.min ?? 0)) {
-        throw new UsageError(`${what} must be a duration such as 500ms, 10s or 2m (a bare number means seconds), got ${shown}`);
+        throw new UsageError(
+          `${what} must be a duration such as 500ms, 10s or 2m (a bare number means seconds), got ${shown}`,
+        );
       }
       return ms;
     }
@@ -159,7 +298,9 @@ export function parseValue(option: OptionSpec, raw: unknown, source: Source): st
       const bytes = parseSize(raw);
       if (bytes === null || bytes < (option.min ?? 0) || bytes > (option.max ?? Number.MAX_SAFE_INTEGER)) {
         throw new UsageError(
-          `${what} must be a size from ${option.min ?? 0} bytes to ${option.max} bytes, such as 256KiB or 1MiB; got ${shown}`,
+          `${what} must be a size from ${
+            option.min ?? 0
+          } bytes to ${option.max} bytes, such as 256KiB or 1MiB; got ${shown}`,
         );
       }
       return bytes;

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { startMatcher, type MatcherOptions } from "./matcher.ts";
+import { type MatcherOptions, startMatcher } from "./matcher.ts";
 import { startRelay } from "./relay.ts";
 import { formatAddr, type Transport } from "./transport/types.ts";
 import type { Logger } from "./log.ts";

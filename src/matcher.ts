@@ -193,7 +193,9 @@ class MatcherServer implements Matcher {
       side: "acceptor",
       hello: { role: "matcher", software: `o3sr/${VERSION}` },
       checkHello: (hello) => {
-        if (hello.role !== "relay") throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a relay`);
+        if (hello.role !== "relay") {
+          throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a relay`);
+        }
       },
       ...tunablesOf(options),
     });
@@ -317,7 +319,9 @@ async function listenOn(transport: Transport, hostname: string, port: number, wh
   } catch (error) {
     const flag = what === "relay" ? "--relay-port" : "--client-port";
     throw new Error(
-      `cannot listen on ${hostname}:${port} for the ${what} port: ${errorMessage(error)}. Is another matcher running? Pick another port with ${flag}.`,
+      `cannot listen on ${hostname}:${port} for the ${what} port: ${
+        errorMessage(error)
+      }. Is another matcher running? Pick another port with ${flag}.`,
     );
   }
 }

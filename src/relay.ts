@@ -107,7 +107,9 @@ class RelayClient implements Relay {
     this.#options = options;
     this.#log = options.log ?? silentLogger;
     this.#matcher = `${options.matcherHost ?? "localhost"}:${options.matcherPort ?? 6543}`;
-    const destination = options.handler ? "in-process handler" : `${options.destHost ?? "localhost"}:${options.destPort ?? 80}`;
+    const destination = options.handler
+      ? "in-process handler"
+      : `${options.destHost ?? "localhost"}:${options.destPort ?? 80}`;
     this.#log.info("relay starting", { matcher: this.#matcher, destination, connections: this.#slotCount });
     for (let slot = 0; slot < this.#slotCount; slot++) this.#slots.push(this.#keepSessionOpen(slot));
   }
@@ -202,7 +204,9 @@ class RelayClient implements Relay {
       side: "dialer",
       hello: { role: "relay", software: `o3sr/${VERSION}` },
       checkHello: (hello) => {
-        if (hello.role !== "matcher") throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a matcher`);
+        if (hello.role !== "matcher") {
+          throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a matcher`);
+        }
       },
       onStream: (stream) => this.#serve(stream),
       ...tunablesOf(options),

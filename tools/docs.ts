@@ -17,14 +17,31 @@ const README = new URL("../README.md", import.meta.url);
 export function configReference(): string {
   const rows = OPTIONS.map((option) => {
     const values = option.values ? ` (${option.values.map((v) => `\`${v}\``).join(", ")})` : "";
-    return `| \`${option.key}\` | \`--${option.flag}\` | ${option.roles.join(", ")} | \`${displayDefault(option)}\` | ${option.help}${values} |`;
+    return [
+      `\`${option.key}\``,
+      `\`--${option.flag}\``,
+      option.roles.join(", "),
+      `\`${displayDefault(option)}\``,
+      option.help + values,
+    ];
   });
-  return [
-    "| key | flag | role | default | meaning |",
-    "| --- | --- | --- | --- | --- |",
-    "| `mode` | `matcher`, `relay`, `--matcher`, `--client` | both | none | which role to run; `client` means relay, as in O3SR |",
+  return markdownTable(["key", "flag", "role", "default", "meaning"], [
+    [
+      "`mode`",
+      "`matcher`, `relay`, `--matcher`, `--client`",
+      "both",
+      "none",
+      "which role to run; `client` means relay, as in O3SR",
+    ],
     ...rows,
-  ].join("\n");
+  ]);
+}
+
+/** A Markdown table padded the way `deno fmt` pads it, so formatting leaves it alone. */
+function markdownTable(header: string[], rows: string[][]): string {
+  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => row[i].length)));
+  const line = (cells: string[]) => `| ${cells.map((cell, i) => cell.padEnd(widths[i])).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
 }
 
 /** README text with every generated section replaced by its current content. */
@@ -42,7 +59,7 @@ function replaceBetween(text: string, name: string, content: string): string {
   const from = text.indexOf(start);
   const to = text.indexOf(end);
   if (from < 0 || to < from) throw new Error(`README.md lacks the ${start} … ${end} markers`);
-  return text.slice(0, from + start.length) + "\n" + content + "\n" + text.slice(to);
+  return text.slice(0, from + start.length) + "\n\n" + content + "\n\n" + text.slice(to);
 }
 
 if (import.meta.main) {

@@ -7,13 +7,14 @@
  */
 
 import { errorMessage, toError } from "../errors.ts";
+import { formatDuration } from "../log.ts";
 import { type Addr, type Conn, ConnectionClosedError } from "../transport/types.ts";
 import { EMPTY, FrameDecoder } from "./codec.ts";
 import { ProtocolError } from "./errors.ts";
 import {
   type Frame,
-  frameTypeName,
   FrameType,
+  frameTypeName,
   isKnownFrameType,
   MAX_PAYLOAD,
   MAX_STREAM_ID,
@@ -26,6 +27,8 @@ import { FrameWriter } from "./writer.ts";
 export interface Hello {
   /** Receive window the sender grants each new stream, in bytes. */
   window: number;
+  /** Largest payload the sender accepts in one frame (absent: the protocol's maximum). */
+  maxFrame?: number;
   /** Any further fields: role, software version, extensions. */
   [key: string]: unknown;
 }
@@ -126,6 +129,12 @@ export const SESSION_DEFAULTS = {
   maxStreams: 65_536,
 } as const;
 
+/** Smallest frame limit a peer may announce, so control frames always fit. */
+const MIN_FRAME_LIMIT = 1024;
+
+/** How long a graceful close waits for the peer's FIN. */
+const LINGER = 1000;
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -133,8 +142,8 @@ const decoder = new TextDecoder();
 export class Session implements StreamHost {
   /** The frame writer shared by all streams. */
   readonly writer: FrameWriter;
-  /** Largest TRAFFIC payload this side sends. */
-  readonly maxFramePayload: number;
+  /** Largest TRAFFIC payload this side sends: its own limit or the peer's, whichever is smaller. */
+  maxFramePayload: number;
   readonly #conn: Conn;
   readonly #options: SessionOptions;
   readonly #window: number;
@@ -160,6 +169,10 @@ export class Session implements StreamHost {
     since: Date.now(),
   };
   #closeReason = "";
+  #drainReason = "";
+  readonly #maxPayload: number;
+  #resolvePeerEnded!: () => void;
+  readonly #peerEnded = new Promise<void>((resolve) => this.#resolvePeerEnded = resolve);
   #closeError: Error | null = null;
   #resolveReady!: (hello: Hello) => void;
   #rejectReady!: (error: Error) => void;
@@ -197,9 +210,8 @@ export class Session implements StreamHost {
       options.writeHighWater ?? SESSION_DEFAULTS.writeHighWater,
       (error) => this.#end(`write failed: ${errorMessage(error)}`, toError(error)),
     );
-    this.#decoder = new FrameDecoder((frame) => this.#dispatch(frame), {
-      maxPayload: options.maxPayload ?? MAX_PAYLOAD,
-    });
+    this.#maxPayload = options.maxPayload ?? MAX_PAYLOAD;
+    this.#decoder = new FrameDecoder((frame) => this.#dispatch(frame), { maxPayload: this.#maxPayload });
     this.ready.catch(() => {}); // observed through `closed` too
     const handshakeTimeout = options.handshakeTimeout ?? SESSION_DEFAULTS.handshakeTimeout;
     if (handshakeTimeout > 0) {
@@ -288,11 +300,9 @@ export class Session implements StreamHost {
    */
   goAway(reason = "going away"): void {
     if (this.#state === "closed") return;
-    if (!this.#sentGoAway) {
-      this.#sentGoAway = true;
-      this.writer.frame(FrameType.GOAWAY, 0, encoder.encode(reason));
-    }
-    if (this.#streams.size === 0) this.#closeAfterFlush(reason);
+    this.#drainReason ||= reason;
+    this.#sendGoAway(reason);
+    this.#closeIfDrained();
   }
 
   /** Ends the session now; open streams fail. */
@@ -306,9 +316,7 @@ export class Session implements StreamHost {
   release(stream: Stream): void {
     if (this.#streams.get(stream.id) !== stream) return;
     this.#streams.delete(stream.id);
-    if ((this.#sentGoAway || this.#receivedGoAway) && this.#streams.size === 0) {
-      this.#closeAfterFlush("drained");
-    }
+    this.#closeIfDrained();
   }
 
   /** @internal */
@@ -321,17 +329,22 @@ export class Session implements StreamHost {
 
   async #readLoop(): Promise<void> {
     try {
-      while (this.#state !== "closed") {
+      for (;;) {
         const chunk = await this.#conn.read();
-        if (chunk === null) return this.#end("peer closed the connection", null);
+        if (chunk === null) break;
+        // After the end, keep reading (and ignoring) until the peer's FIN, so
+        // closing never resets a peer that still has our last frames unread.
+        if (this.#state === "closed") continue;
         this.#lastReceived = Date.now();
         this.#awaitingPeer = false;
         this.#decoder.push(chunk);
       }
+      this.#end("peer closed the connection", null);
     } catch (error) {
       if (error instanceof ProtocolError) this.#fail(error);
       else this.#end(`connection lost: ${errorMessage(error)}`, toError(error));
     }
+    this.#resolvePeerEnded();
   }
 
   #dispatch(frame: Frame): void {
@@ -342,7 +355,10 @@ export class Session implements StreamHost {
     }
     if (type === FrameType.HELLO || type === FrameType.PING || type === FrameType.PONG || type === FrameType.GOAWAY) {
       if (streamId !== 0) {
-        throw new ProtocolError("bad-frame", `peer sent ${frameTypeName(type)} on stream ${streamId}; it belongs on stream 0`);
+        throw new ProtocolError(
+          "bad-frame",
+          `peer sent ${frameTypeName(type)} on stream ${streamId}; it belongs on stream 0`,
+        );
       }
       return this.#sessionFrame(type, payload);
     }
@@ -358,7 +374,10 @@ export class Session implements StreamHost {
       // Frames for a stream that ended a moment ago cross on the wire; ids only
       // grow, so an id never handed out is the one real error.
       if (this.#wasEverOpened(streamId)) return;
-      throw new ProtocolError("unknown-stream", `peer sent ${frameTypeName(type)} for stream ${streamId}, which was never opened`);
+      throw new ProtocolError(
+        "unknown-stream",
+        `peer sent ${frameTypeName(type)} for stream ${streamId}, which was never opened`,
+      );
     }
     switch (type) {
       case FrameType.TRAFFIC:
@@ -390,8 +409,12 @@ export class Session implements StreamHost {
         }
         return;
       case FrameType.GOAWAY:
+        // Answer with our own GOAWAY: once both are sent, no CONNECT can still
+        // be on the wire, and the session may close as soon as it is empty.
         this.#receivedGoAway = true;
-        if (this.#streams.size === 0) this.#closeAfterFlush(`peer going away: ${decoder.decode(payload)}`);
+        this.#drainReason ||= `peer going away: ${decoder.decode(payload)}`;
+        this.#sendGoAway("acknowledged");
+        this.#closeIfDrained();
         return;
     }
   }
@@ -411,8 +434,19 @@ export class Session implements StreamHost {
     }
     const window = hello.window;
     if (!Number.isInteger(window) || window < 1 || window > MAX_WINDOW) {
-      throw new ProtocolError("handshake", `peer sent a HELLO with window ${JSON.stringify(window)}; expected 1-${MAX_WINDOW}`);
+      throw new ProtocolError(
+        "handshake",
+        `peer sent a HELLO with window ${JSON.stringify(window)}; expected 1-${MAX_WINDOW}`,
+      );
     }
+    const maxFrame = hello.maxFrame ?? MAX_PAYLOAD;
+    if (!Number.isInteger(maxFrame) || (maxFrame as number) < MIN_FRAME_LIMIT || (maxFrame as number) > MAX_PAYLOAD) {
+      throw new ProtocolError(
+        "handshake",
+        `peer sent a HELLO with maxFrame ${JSON.stringify(maxFrame)}; expected ${MIN_FRAME_LIMIT}-${MAX_PAYLOAD}`,
+      );
+    }
+    this.maxFramePayload = Math.min(this.maxFramePayload, maxFrame as number);
     try {
       this.#options.checkHello?.(hello);
     } catch (error) {
@@ -429,7 +463,10 @@ export class Session implements StreamHost {
   #acceptStream(id: number, payload: Uint8Array): void {
     const peerParity = this.#options.side === "acceptor" ? 0 : 1;
     if (id % 2 !== peerParity) {
-      throw new ProtocolError("bad-frame", `peer opened stream ${id}, but its stream ids are ${peerParity ? "odd" : "even"}`);
+      throw new ProtocolError(
+        "bad-frame",
+        `peer opened stream ${id}, but its stream ids are ${peerParity ? "odd" : "even"}`,
+      );
     }
     if (id <= this.#lastPeerId) {
       throw new ProtocolError("bad-frame", `peer opened stream ${id} after ${this.#lastPeerId}; ids must grow`);
@@ -443,7 +480,10 @@ export class Session implements StreamHost {
         throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${id} with a payload that is not JSON`);
       }
       if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
-        throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${id} with a payload that is not a JSON object`);
+        throw new ProtocolError(
+          "bad-frame",
+          `peer sent CONNECT for stream ${id} with a payload that is not a JSON object`,
+        );
       }
     }
     const maxStreams = this.#options.maxStreams ?? SESSION_DEFAULTS.maxStreams;
@@ -458,7 +498,12 @@ export class Session implements StreamHost {
     const stream = new Stream(this, id, this.#window, this.#peerHello!.window, meta);
     this.#streams.set(id, stream);
     this.#stats.totalStreams++;
-    this.#options.onStream!(stream);
+    try {
+      this.#options.onStream!(stream);
+    } catch (error) {
+      // The application's failure ends its stream, not the session.
+      stream.reset(`stream handler failed: ${errorMessage(error)}`);
+    }
   }
 
   #wasEverOpened(id: number): boolean {
@@ -469,7 +514,7 @@ export class Session implements StreamHost {
   // ---- Lifecycle ----
 
   #sendHello(): void {
-    const hello = { ...this.#options.hello, window: this.#window };
+    const hello = { ...this.#options.hello, window: this.#window, maxFrame: this.#maxPayload };
     this.writer.frame(FrameType.HELLO, 0, encoder.encode(JSON.stringify(hello)));
   }
 
@@ -484,7 +529,7 @@ export class Session implements StreamHost {
       // Only silence after a PING counts: with an interval above the timeout a
       // live peer is quiet for a whole interval between its PONGs.
       if (silent >= timeout && this.#awaitingPeer) {
-        return this.#end(`peer silent for ${Math.round(silent / 1000)} s (heartbeat timeout)`, null);
+        return this.#end(`peer silent for ${formatDuration(silent)} (heartbeat timeout)`, null);
       }
       view.setFloat64(0, Date.now());
       this.writer.frame(FrameType.PING, 0, ping);
@@ -499,11 +544,24 @@ export class Session implements StreamHost {
     this.#end(`protocol error (${error.code}): ${error.message}`, error, true);
   }
 
-  #closeAfterFlush(reason: string): void {
-    this.#end(reason, null, true);
+  #sendGoAway(reason: string): void {
+    if (this.#sentGoAway) return;
+    this.#sentGoAway = true;
+    this.writer.frame(FrameType.GOAWAY, 0, encoder.encode(reason));
   }
 
-  #end(reason: string, error: Error | null, flushFirst = false): void {
+  /** Closes gracefully once both sides said GOAWAY and no stream is open. */
+  #closeIfDrained(): void {
+    if (this.#sentGoAway && this.#receivedGoAway && this.#streams.size === 0) {
+      this.#end(this.#drainReason, null, true);
+    }
+  }
+
+  /**
+   * Ends the session. `graceful` sends what is queued and a FIN, then waits
+   * briefly for the peer's FIN before closing, so our last frames are read.
+   */
+  #end(reason: string, error: Error | null, graceful = false): void {
     if (this.#state === "closed") return;
     const wasOpen = this.#state === "open";
     this.#state = "closed";
@@ -515,13 +573,16 @@ export class Session implements StreamHost {
     for (const stream of [...this.#streams.values()]) stream.abort(streamError);
     this.#streams.clear();
     if (!wasOpen) this.#rejectReady(new Error(`session ended before the handshake completed: ${reason}`));
-    if (flushFirst) {
-      // Let the GOAWAY and final frames out, but never wait long on a stuck peer.
-      const timer = setTimeout(() => this.#conn.close(), 1000);
-      this.writer.flushed().then(() => {
-        clearTimeout(timer);
-        this.#conn.close();
-      });
+    if (graceful) {
+      // Never wait long on a stuck peer.
+      const timer = setTimeout(() => this.#conn.close(), LINGER);
+      this.writer.flushed()
+        .then(() => this.#conn.closeWrite())
+        .then(() => this.#peerEnded)
+        .finally(() => {
+          clearTimeout(timer);
+          this.#conn.close();
+        });
     } else {
       this.#conn.close();
     }

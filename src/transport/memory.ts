@@ -118,7 +118,7 @@ class MemoryConn implements Conn {
     if (this.#done) return;
     this.#outbound.end();
     // Like TCP: the peer may still read what was sent, but its writes now fail.
-    this.#inbound.fail(new ConnectionClosedError("connection reset by peer"));
+    this.#inbound.fail(new ConnectionClosedError("connection closed"));
     this.#finish();
   }
 
