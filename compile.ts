@@ -16,15 +16,7 @@
 
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import {
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -312,9 +304,7 @@ async function buildDenoTargets(targets: Target[]): Promise<[Artifact[], string]
     }
     // Offline, every other target fails the same way: don't try each of them.
     skipped.push(...buildable.slice(i).map((t) => t.name));
-    why = denortBin
-      ? `${result} (is DENORT_BIN=${denortBin} a denort binary?)`
-      : `${result} (offline?)`;
+    why = denortBin ? `${result} (is DENORT_BIN=${denortBin} a denort binary?)` : `${result} (offline?)`;
     break;
   }
   if (skipped.length === 0) return [built, ""];

@@ -164,7 +164,10 @@ export function settlesWithin(promise: Promise<unknown>, ms: number): Promise<bo
 }
 
 /** The repository root. */
-export const repoRoot: string = decodeURIComponent(new URL("..", import.meta.url).pathname).replace(/^\/([A-Za-z]:)/, "$1");
+export const repoRoot: string = decodeURIComponent(new URL("..", import.meta.url).pathname).replace(
+  /^\/([A-Za-z]:)/,
+  "$1",
+);
 
 /** A port that was free a moment ago (bind 0, read it, release it). */
 export async function freePort(transport: Transport = tcp()): Promise<number> {

@@ -75,7 +75,8 @@ export function spawnCommand(command: string, args: string[]): O3srProcess {
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(
-          () => reject(new Error(`no log line matching ${pattern} within ${timeoutMs} ms; stderr:\n${stderr.join("\n")}`)),
+          () =>
+            reject(new Error(`no log line matching ${pattern} within ${timeoutMs} ms; stderr:\n${stderr.join("\n")}`)),
           timeoutMs,
         );
         watchers.push({

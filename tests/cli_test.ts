@@ -90,40 +90,77 @@ describe("cli: information", () => {
 });
 
 describe("cli: bad input is one clear line and exit code 2", () => {
-  test("unknown flag, with a suggestion", () => expectUsageError(["matcher", "--relay-prot", "5"], /unknown flag --relay-prot \(did you mean --relay-port\?\)/));
+  test("unknown flag, with a suggestion", () =>
+    expectUsageError(["matcher", "--relay-prot", "5"], /unknown flag --relay-prot \(did you mean --relay-port\?\)/));
   test("flag without its value", () => expectUsageError(["matcher", "--relay-port"], /--relay-port needs a value/));
-  test("port out of range", () => expectUsageError(["matcher", "--relay-port", "70000"], /--relay-port must be a port number 0-65535, got "70000"/));
-  test("port that is not a number", () => expectUsageError(["relay", "--dest-port", "http"], /--dest-port must be a port number 1-65535/));
-  test("dest port 0 is not a destination", () => expectUsageError(["relay", "--dest-port", "0"], /--dest-port must be a port number 1-65535/));
-  test("unknown command, with a suggestion", () => expectUsageError(["macther"], /unknown command "macther" \(did you mean "matcher"\?\)/));
-  test("bad enum", () => expectUsageError(["matcher", "--balance", "fastest"], /--balance must be one of random, round-robin, least-streams/));
+  test("port out of range", () =>
+    expectUsageError(["matcher", "--relay-port", "70000"], /--relay-port must be a port number 0-65535, got "70000"/));
+  test("port that is not a number", () =>
+    expectUsageError(["relay", "--dest-port", "http"], /--dest-port must be a port number 1-65535/));
+  test("dest port 0 is not a destination", () =>
+    expectUsageError(["relay", "--dest-port", "0"], /--dest-port must be a port number 1-65535/));
+  test("unknown command, with a suggestion", () =>
+    expectUsageError(["macther"], /unknown command "macther" \(did you mean "matcher"\?\)/));
+  test("bad enum", () =>
+    expectUsageError(
+      ["matcher", "--balance", "fastest"],
+      /--balance must be one of random, round-robin, least-streams/,
+    ));
   test("bad duration", () => expectUsageError(["matcher", "--relay-wait", "soon"], /--relay-wait must be a duration/));
-  test("flag of the other role", () => expectUsageError(["relay", "--client-port", "9000"], /--client-port is a matcher option; it does nothing for a relay/));
+  test("flag of the other role", () =>
+    expectUsageError(
+      ["relay", "--client-port", "9000"],
+      /--client-port is a matcher option; it does nothing for a relay/,
+    ));
   test("both legacy roles", () => expectUsageError(["--matcher", "--client"], /exclude each other/));
   test("a stray argument", () => expectUsageError(["matcher", "extra"], /unexpected argument "extra"/));
   test("flags but no role", () => expectUsageError(["--relay-port", "7000"], /no command given/));
 
   test("config: unknown key, with a suggestion", () =>
-    expectUsageError(["matcher", "--config", "/c.yml"], /config \/c.yml: unknown key "relay_prot" \(did you mean "relay_port"\?\)/, {
-      files: { "/c.yml": "relay_prot: 7000\n" },
-    }));
+    expectUsageError(
+      ["matcher", "--config", "/c.yml"],
+      /config \/c.yml: unknown key "relay_prot" \(did you mean "relay_port"\?\)/,
+      {
+        files: { "/c.yml": "relay_prot: 7000\n" },
+      },
+    ));
   test("config: wrong type", () =>
-    expectUsageError(["matcher", "--config", "/c.yml"], /config \/c.yml: client_port must be a port number 0-65535, got "six"/, {
-      files: { "/c.yml": "client_port: six\n" },
-    }));
+    expectUsageError(
+      ["matcher", "--config", "/c.yml"],
+      /config \/c.yml: client_port must be a port number 0-65535, got "six"/,
+      {
+        files: { "/c.yml": "client_port: six\n" },
+      },
+    ));
   test("config: port out of range", () =>
-    expectUsageError(["matcher", "--config", "/c.yml"], /config \/c.yml: relay_port must be a port number 0-65535, got 99999/, {
-      files: { "/c.yml": "relay_port: 99999\n" },
-    }));
+    expectUsageError(
+      ["matcher", "--config", "/c.yml"],
+      /config \/c.yml: relay_port must be a port number 0-65535, got 99999/,
+      {
+        files: { "/c.yml": "relay_port: 99999\n" },
+      },
+    ));
   test("config: not a mapping", () =>
-    expectUsageError(["matcher", "--config", "/c.yml"], /config \/c.yml: must be a mapping/, { files: { "/c.yml": "- a\n- b\n" } }));
+    expectUsageError(["matcher", "--config", "/c.yml"], /config \/c.yml: must be a mapping/, {
+      files: { "/c.yml": "- a\n- b\n" },
+    }));
   test("config: YAML syntax error", () =>
-    expectUsageError(["matcher", "--config", "/c.yml"], /config \/c.yml: not valid YAML/, { files: { "/c.yml": "relay_port: [1,\n" } }));
+    expectUsageError(["matcher", "--config", "/c.yml"], /config \/c.yml: not valid YAML/, {
+      files: { "/c.yml": "relay_port: [1,\n" },
+    }));
   test("config: bad mode", () =>
-    expectUsageError(["--config", "/c.yml"], /config \/c.yml: mode must be "matcher" or "relay"/, { files: { "/c.yml": "mode: hub\n" } }));
-  test("config: named file missing", () => expectUsageError(["matcher", "--config", "/nope.yml"], /cannot read config \/nope.yml \(named by --config\): no such file/));
+    expectUsageError(["--config", "/c.yml"], /config \/c.yml: mode must be "matcher" or "relay"/, {
+      files: { "/c.yml": "mode: hub\n" },
+    }));
+  test("config: named file missing", () =>
+    expectUsageError(
+      ["matcher", "--config", "/nope.yml"],
+      /cannot read config \/nope.yml \(named by --config\): no such file/,
+    ));
   test("config: O3SR_CONFIG names a missing file", () =>
-    expectUsageError(["matcher"], /cannot read config \/env.yml \(named by O3SR_CONFIG\)/, { env: { O3SR_CONFIG: "/env.yml" } }));
+    expectUsageError(["matcher"], /cannot read config \/env.yml \(named by O3SR_CONFIG\)/, {
+      env: { O3SR_CONFIG: "/env.yml" },
+    }));
   test("config: unreadable file", () =>
     expectUsageError(["matcher"], /cannot read config \/home\/user\/.o3sr.yml: permission denied/, {
       files: { "/home/user/.o3sr.yml": new Error("permission denied") },

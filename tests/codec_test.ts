@@ -1,13 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import {
-  EMPTY,
-  encodeFrame,
-  FrameDecoder,
-  readUint32,
-  writeHeader,
-  writeUint32,
-} from "../src/protocol/codec.ts";
+import { EMPTY, encodeFrame, FrameDecoder, readUint32, writeHeader, writeUint32 } from "../src/protocol/codec.ts";
 import { ProtocolError } from "../src/protocol/errors.ts";
 import {
   type Frame,

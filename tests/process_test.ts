@@ -16,60 +16,81 @@ describe("o3sr processes", () => {
   test("bad flags: exit code 2 and one line on stderr, no stack trace", async () => {
     const run = spawnFromSource(["matcher", "--relay-port", "70000"]);
     assert.equal(await run.exited, 2);
-    assert.deepEqual(run.stderr.filter((l) => l !== ""), ["o3sr: --relay-port must be a port number 0-65535, got \"70000\""]);
-  });
-
-  test("relay killed mid-stream: its client is closed promptly; a second relay serves new clients; SIGTERM drains and exits 0", {
-    skip: windows && "needs POSIX signals",
-  }, async () => {
-    const transport = tcp();
-    const dest = await serve(transport, echo);
-    const [relayPort, clientPort] = [await freePort(), await freePort()];
-    const matcher = spawnFromSource([
-      "matcher", "--listen-host", "127.0.0.1", "--relay-port", String(relayPort), "--client-port", String(clientPort),
+    assert.deepEqual(run.stderr.filter((l) => l !== ""), [
+      'o3sr: --relay-port must be a port number 0-65535, got "70000"',
     ]);
-    const relayArgs = [
-      "relay", "--matcher-host", "127.0.0.1", "--matcher-port", String(relayPort),
-      "--dest-host", "127.0.0.1", "--dest-port", String(dest.port), "--connections", "1",
-    ];
-    try {
-      await matcher.waitForLog(/matcher listening/);
-      const first = spawnFromSource(relayArgs);
-      await first.waitForLog(/connected to matcher/);
-
-      const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
-      await conn.write(new TextEncoder().encode("ping"));
-      assert.equal(new TextDecoder().decode(await readExactly(conn, 4)), "ping");
-
-      const second = spawnFromSource(relayArgs);
-      await second.waitForLog(/connected to matcher/);
-      const killedAt = Date.now();
-      first.signal("SIGKILL");
-      const outcome = await readAll(conn).then((rest) => `clean end after ${rest.length} bytes`, () => "reset");
-      assert.ok(Date.now() - killedAt < 3000, "client closed within 3 s");
-      if (runtime === "bun") assert.equal(outcome, "reset", "a cut-short stream must not look complete");
-      // Deno's socket API cannot send RST (no SO_LINGER): its matcher can only close.
-      else assert.match(outcome, /reset|clean end after 0 bytes/);
-      conn.close();
-
-      const next = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
-      await next.write(new TextEncoder().encode("still here"));
-      assert.equal(new TextDecoder().decode(await readExactly(next, 10)), "still here");
-
-      // SIGTERM with a stream open: the matcher drains, the stream keeps working.
-      matcher.signal("SIGTERM");
-      await matcher.waitForLog(/draining/);
-      await next.write(new TextEncoder().encode("during drain"));
-      assert.equal(new TextDecoder().decode(await readExactly(next, 12)), "during drain");
-      await next.closeWrite();
-      await readAll(next).catch(() => {});
-      next.close();
-      assert.equal(await matcher.exited, 0);
-      second.signal("SIGTERM");
-      assert.equal(await second.exited, 0);
-    } finally {
-      matcher.signal("SIGKILL");
-      dest.close();
-    }
   });
+
+  test(
+    "relay killed mid-stream: its client is closed promptly; a second relay serves new clients; SIGTERM drains and exits 0",
+    {
+      skip: windows && "needs POSIX signals",
+    },
+    async () => {
+      const transport = tcp();
+      const dest = await serve(transport, echo);
+      const [relayPort, clientPort] = [await freePort(), await freePort()];
+      const matcher = spawnFromSource([
+        "matcher",
+        "--listen-host",
+        "127.0.0.1",
+        "--relay-port",
+        String(relayPort),
+        "--client-port",
+        String(clientPort),
+      ]);
+      const relayArgs = [
+        "relay",
+        "--matcher-host",
+        "127.0.0.1",
+        "--matcher-port",
+        String(relayPort),
+        "--dest-host",
+        "127.0.0.1",
+        "--dest-port",
+        String(dest.port),
+        "--connections",
+        "1",
+      ];
+      try {
+        await matcher.waitForLog(/matcher listening/);
+        const first = spawnFromSource(relayArgs);
+        await first.waitForLog(/connected to matcher/);
+
+        const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
+        await conn.write(new TextEncoder().encode("ping"));
+        assert.equal(new TextDecoder().decode(await readExactly(conn, 4)), "ping");
+
+        const second = spawnFromSource(relayArgs);
+        await second.waitForLog(/connected to matcher/);
+        const killedAt = Date.now();
+        first.signal("SIGKILL");
+        const outcome = await readAll(conn).then((rest) => `clean end after ${rest.length} bytes`, () => "reset");
+        assert.ok(Date.now() - killedAt < 3000, "client closed within 3 s");
+        if (runtime === "bun") assert.equal(outcome, "reset", "a cut-short stream must not look complete");
+        // Deno's socket API cannot send RST (no SO_LINGER): its matcher can only close.
+        else assert.match(outcome, /reset|clean end after 0 bytes/);
+        conn.close();
+
+        const next = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
+        await next.write(new TextEncoder().encode("still here"));
+        assert.equal(new TextDecoder().decode(await readExactly(next, 10)), "still here");
+
+        // SIGTERM with a stream open: the matcher drains, the stream keeps working.
+        matcher.signal("SIGTERM");
+        await matcher.waitForLog(/draining/);
+        await next.write(new TextEncoder().encode("during drain"));
+        assert.equal(new TextDecoder().decode(await readExactly(next, 12)), "during drain");
+        await next.closeWrite();
+        await readAll(next).catch(() => {});
+        next.close();
+        assert.equal(await matcher.exited, 0);
+        second.signal("SIGTERM");
+        assert.equal(await second.exited, 0);
+      } finally {
+        matcher.signal("SIGKILL");
+        dest.close();
+      }
+    },
+  );
 });

@@ -33,41 +33,58 @@ function build(): { binary: string; cleanup(): void } {
   return { binary, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-describe("compiled binary", { skip: !given && !canBuild && "set DENORT_BIN or O3SR_BINARY to smoke-test a Deno build" }, () => {
-  test("--version, then matcher and relay processes carry bytes end to end", { timeout: 120_000 }, async () => {
-    const { binary, cleanup } = build();
-    const transport = tcp();
-    const dest = await serve(transport, echo);
-    const [relayPort, clientPort] = [await freePort(), await freePort()];
-    const matcher = spawnCommand(binary, [
-      "matcher", "--listen-host", "127.0.0.1", "--relay-port", String(relayPort), "--client-port", String(clientPort),
-    ]);
-    const relay = spawnCommand(binary, [
-      "relay", "--matcher-host", "127.0.0.1", "--matcher-port", String(relayPort),
-      "--dest-host", "127.0.0.1", "--dest-port", String(dest.port),
-    ]);
-    try {
-      const version = execFileSync(binary, ["--version"]).toString().trim();
-      assert.match(version, /^o3sr \d+\.\d+\.\d+ \((bun|deno) [\d.]+, [a-z]+-[a-z0-9]+\)$/);
-      await relay.waitForLog(/connected to matcher/);
-      const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
-      const data = pseudoRandomBytes(4 * 1024 * 1024, 11);
-      const [, got] = await Promise.all([writeAll(conn, data), readAll(conn)]);
-      conn.close();
-      assert.equal(got.length, data.length);
-      assert.ok(Buffer.from(got).equals(Buffer.from(data)), "bytes arrive unchanged");
-      relay.signal("SIGTERM");
-      matcher.signal("SIGTERM");
-      // Windows has no SIGTERM to catch: there the processes are simply ended.
-      if (!windows) {
-        assert.equal(await relay.exited, 0);
-        assert.equal(await matcher.exited, 0);
+describe(
+  "compiled binary",
+  { skip: !given && !canBuild && "set DENORT_BIN or O3SR_BINARY to smoke-test a Deno build" },
+  () => {
+    test("--version, then matcher and relay processes carry bytes end to end", { timeout: 120_000 }, async () => {
+      const { binary, cleanup } = build();
+      const transport = tcp();
+      const dest = await serve(transport, echo);
+      const [relayPort, clientPort] = [await freePort(), await freePort()];
+      const matcher = spawnCommand(binary, [
+        "matcher",
+        "--listen-host",
+        "127.0.0.1",
+        "--relay-port",
+        String(relayPort),
+        "--client-port",
+        String(clientPort),
+      ]);
+      const relay = spawnCommand(binary, [
+        "relay",
+        "--matcher-host",
+        "127.0.0.1",
+        "--matcher-port",
+        String(relayPort),
+        "--dest-host",
+        "127.0.0.1",
+        "--dest-port",
+        String(dest.port),
+      ]);
+      try {
+        const version = execFileSync(binary, ["--version"]).toString().trim();
+        assert.match(version, /^o3sr \d+\.\d+\.\d+ \((bun|deno) [\d.]+, [a-z]+-[a-z0-9]+\)$/);
+        await relay.waitForLog(/connected to matcher/);
+        const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
+        const data = pseudoRandomBytes(4 * 1024 * 1024, 11);
+        const [, got] = await Promise.all([writeAll(conn, data), readAll(conn)]);
+        conn.close();
+        assert.equal(got.length, data.length);
+        assert.ok(Buffer.from(got).equals(Buffer.from(data)), "bytes arrive unchanged");
+        relay.signal("SIGTERM");
+        matcher.signal("SIGTERM");
+        // Windows has no SIGTERM to catch: there the processes are simply ended.
+        if (!windows) {
+          assert.equal(await relay.exited, 0);
+          assert.equal(await matcher.exited, 0);
+        }
+      } finally {
+        relay.signal("SIGKILL");
+        matcher.signal("SIGKILL");
+        dest.close();
+        cleanup();
       }
-    } finally {
-      relay.signal("SIGKILL");
-      matcher.signal("SIGKILL");
-      dest.close();
-      cleanup();
-    }
-  });
-});
+    });
+  },
+);

@@ -119,9 +119,7 @@ describe("GitHub workflows", () => {
     const release = load("release.yml");
     assert.deepEqual(Object.keys(release.on), ["push"]);
     assert.deepEqual(release.on.push?.tags, ["v*"]);
-    const writers = Object.values(release.jobs).filter((job) =>
-      job.permissions?.contents === "write"
-    );
+    const writers = Object.values(release.jobs).filter((job) => job.permissions?.contents === "write");
     assert.ok(
       writers.length > 0 || release.permissions?.contents === "write",
       "no permission to create a release",
