@@ -9,8 +9,10 @@
 import { parseArgs } from "node:util";
 import {
   camelCase,
+  checkSettings,
   closest,
   defaultSettings,
+  isList,
   locateConfig,
   OPTIONS,
   type OptionSpec,
@@ -124,19 +126,23 @@ interface Invocation {
   help: boolean;
   version: boolean;
   configFile: string | undefined;
-  /** Raw flag values by option key. */
-  flags: Map<OptionSpec, string>;
+  /** Raw flag values by option. */
+  flags: Map<OptionSpec, string | string[] | boolean>;
 }
 
 function parseInvocation(args: string[]): Invocation {
-  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
+  const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
     config: { type: "string" },
     help: { type: "boolean", short: "h" },
     version: { type: "boolean", short: "v" },
     matcher: { type: "boolean", short: "m" },
     client: { type: "boolean", short: "c" },
   };
-  for (const option of OPTIONS) options[option.flag] = { type: "string" };
+  for (const option of OPTIONS) {
+    options[option.flag] = option.type === "bool"
+      ? { type: "boolean" }
+      : { type: "string", multiple: isList(option) || options[option.flag]?.multiple === true };
+  }
 
   let parsed: ReturnType<typeof parseArgs>;
   try {
@@ -144,7 +150,7 @@ function parseInvocation(args: string[]): Invocation {
   } catch (error) {
     throw new UsageError(describeParseError(error, Object.keys(options)));
   }
-  const values = parsed.values as Record<string, string | boolean | undefined>;
+  const values = parsed.values as Record<string, string | string[] | boolean | undefined>;
 
   let command: Invocation["command"] = null;
   let help = values.help === true;
@@ -169,18 +175,25 @@ function parseInvocation(args: string[]): Invocation {
   }
   command ??= legacy;
 
-  const flags = new Map<OptionSpec, string>();
-  for (const option of OPTIONS) {
-    const value = values[option.flag];
-    if (typeof value === "string") flags.set(option, value);
-  }
-  if (command === "matcher" || command === "relay") {
-    for (const option of flags.keys()) {
-      if (!option.roles.includes(command)) {
-        throw new UsageError(
-          `--${option.flag} is a ${option.roles.join("/")} option; it does nothing for a ${command}`,
-        );
+  // A flag may stand for one option per role (`--token`: the matcher's list, the relay's one).
+  const flags = new Map<OptionSpec, string | string[] | boolean>();
+  for (const flag of new Set(OPTIONS.map((o) => o.flag))) {
+    let value = values[flag];
+    if (value === undefined) continue;
+    const specs = OPTIONS.filter((o) => o.flag === flag);
+    const matching = command === "matcher" || command === "relay"
+      ? specs.filter((o) => o.roles.includes(command))
+      : specs;
+    if (matching.length === 0) {
+      const roles = [...new Set(specs.flatMap((o) => o.roles))].join("/");
+      throw new UsageError(`--${flag} is a ${roles} option; it does nothing for a ${command}`);
+    }
+    for (const option of matching) {
+      if (Array.isArray(value) && !isList(option)) {
+        if (value.length > 1) throw new UsageError(`--${flag} was given ${value.length} times; give it once`);
+        value = value[0];
       }
+      flags.set(option, value);
     }
   }
   return { command, help, version, configFile: values.config as string | undefined, flags };
@@ -213,9 +226,15 @@ async function resolveSettings(
   const settings = defaultSettings() as unknown as Record<string, unknown>;
   const file = await locateConfig(platform, invocation.configFile);
   if (file) Object.assign(settings, parseConfigText(file.text, file.path));
+  for (const option of OPTIONS) {
+    const name = camelCase(option.key);
+    const raw = option.env && settings[name] === option.default ? platform.env(option.env) : undefined;
+    if (raw) settings[name] = parseValue(option, raw, { kind: "env", name: option.env! });
+  }
   for (const [option, raw] of invocation.flags) {
     settings[camelCase(option.key)] = parseValue(option, raw, { kind: "flag" });
   }
+  checkSettings(settings as unknown as Settings);
   return { settings: settings as unknown as Settings, configPath: file?.path ?? null };
 }
 
@@ -234,13 +253,25 @@ function versionLine(platform: Platform): string {
 
 /** The value shown as an option's default: `10s`, `1MiB`, `6543`. */
 export function displayDefault(option: OptionSpec): string | number {
-  if (option.type === "duration") return formatDuration(option.default as number);
-  if (option.type === "size") return formatBytes(option.default as number);
-  return option.default;
+  const value = option.default;
+  if (value === null || value === false) return "off";
+  if (Array.isArray(value)) return value.length === 0 ? "none" : value.join(", ");
+  if (option.type === "duration") return value === 0 ? "off" : formatDuration(value as number);
+  if (option.type === "size") return formatBytes(value as number);
+  return value as string | number;
 }
 
 function argName(option: OptionSpec): string {
+  if (option.arg) return option.arg;
   switch (option.type) {
+    case "bool":
+      return "";
+    case "string":
+      return "TEXT";
+    case "cidrs":
+      return "CIDR";
+    case "tokens":
+      return "SECRET";
     case "port":
     case "listen-port":
       return "PORT";
@@ -273,8 +304,12 @@ Then \`nc HUB 6544\` reaches the service. More: o3sr --help`;
 export function fullHelp(command: Role | "demo" | null = null): string {
   const section = (title: string, options: readonly OptionSpec[]) =>
     `${title}:\n` + options.map((option) => {
-      const left = `  --${option.flag} ${argName(option)}`;
-      return `${left.padEnd(34)} ${option.help} (default ${displayDefault(option)})`;
+      const left = `  --${option.flag} ${argName(option)}`.trimEnd();
+      const shown = displayDefault(option);
+      // "off" says something for a port or a time, nothing for a flag or a file.
+      const quiet = (shown === "off" || shown === "none") && !["listen-port", "duration"].includes(option.type);
+      const right = quiet ? option.help : `${option.help} (default ${shown})`;
+      return left.length < 34 ? `${left.padEnd(34)} ${right}` : `${left}\n${"".padEnd(34)} ${right}`;
     }).join("\n");
   const only = (role: Role) => OPTIONS.filter((o) => o.roles.length === 1 && o.roles[0] === role);
   const both = OPTIONS.filter((o) => o.roles.length > 1);

@@ -20,7 +20,27 @@ export type Balance = "random" | "round-robin" | "least-streams";
 /** The balance strategies. */
 export const BALANCES: readonly Balance[] = ["random", "round-robin", "least-streams"];
 
-type OptionType = "port" | "listen-port" | "host" | "int" | "duration" | "size" | "enum";
+type OptionType =
+  | "port"
+  | "listen-port"
+  | "host"
+  | "int"
+  | "duration"
+  | "size"
+  | "enum"
+  | "string"
+  | "bool"
+  | "cidrs"
+  | "tokens";
+
+/** A token the matcher accepts, with a name for logs (the token itself is never logged). */
+export interface NamedToken {
+  name: string;
+  token: string;
+}
+
+/** A parsed setting value. */
+export type Value = string | number | boolean | null | readonly string[] | readonly NamedToken[];
 
 /** One setting: its config key, flag, type, default and help. */
 export interface OptionSpec {
@@ -30,8 +50,8 @@ export interface OptionSpec {
   flag: string;
   /** Value type, which decides parsing and validation. */
   type: OptionType;
-  /** Default value: milliseconds for durations, bytes for sizes. */
-  default: string | number;
+  /** Default value: milliseconds for durations, bytes for sizes; null means off or unset. */
+  default: Value;
   /** Roles the option applies to. */
   roles: readonly Role[];
   /** One line of help. */
@@ -41,6 +61,12 @@ export interface OptionSpec {
   /** Bounds of an `int`, `size` or `duration`. */
   min?: number;
   max?: number;
+  /** Environment variable read when neither flag nor file sets it. */
+  env?: string;
+  /** Never printed (tokens). */
+  secret?: boolean;
+  /** Placeholder for the value in help, such as `FILE`. */
+  arg?: string;
 }
 
 const BOTH: readonly Role[] = ["matcher", "relay"];
@@ -87,6 +113,104 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: 10_000,
     roles: ["matcher"],
     help: "how long a client waits for a relay when none is connected",
+  },
+  {
+    key: "tokens",
+    flag: "token",
+    type: "tokens",
+    default: [],
+    roles: ["matcher"],
+    help: "a token relays must prove they hold (repeatable; in the file: strings or {name, token} maps)",
+  },
+  {
+    key: "client_allow",
+    flag: "client-allow",
+    type: "cidrs",
+    default: [],
+    roles: ["matcher"],
+    help: "address ranges allowed on the client port, such as 10.0.0.0/8 (repeatable; none: all)",
+  },
+  {
+    key: "tls_cert",
+    flag: "tls-cert",
+    type: "string",
+    arg: "FILE",
+    default: null,
+    roles: ["matcher"],
+    help: "PEM certificate: the relay port speaks TLS",
+  },
+  {
+    key: "tls_key",
+    flag: "tls-key",
+    type: "string",
+    arg: "FILE",
+    default: null,
+    roles: ["matcher"],
+    help: "PEM private key for --tls-cert",
+  },
+  {
+    key: "client_tls_cert",
+    flag: "client-tls-cert",
+    type: "string",
+    arg: "FILE",
+    default: null,
+    roles: ["matcher"],
+    help: "PEM certificate: the client port speaks TLS",
+  },
+  {
+    key: "client_tls_key",
+    flag: "client-tls-key",
+    type: "string",
+    arg: "FILE",
+    default: null,
+    roles: ["matcher"],
+    help: "PEM private key for --client-tls-cert",
+  },
+  {
+    key: "admin_port",
+    flag: "admin-port",
+    type: "listen-port",
+    default: null,
+    roles: ["matcher"],
+    help: "serve /health, /stats and /metrics over HTTP on this port",
+  },
+  {
+    key: "admin_host",
+    flag: "admin-host",
+    type: "host",
+    default: "127.0.0.1",
+    roles: ["matcher"],
+    help: "address the admin port binds to",
+  },
+  {
+    key: "max_relay_sessions",
+    flag: "max-relay-sessions",
+    type: "int",
+    min: 1,
+    max: 1_000_000,
+    default: 1024,
+    roles: ["matcher"],
+    help: "relay sessions connected at once; more are refused",
+  },
+  {
+    key: "max_clients",
+    flag: "max-clients",
+    type: "int",
+    min: 1,
+    max: 10_000_000,
+    default: 50_000,
+    roles: ["matcher"],
+    help: "client connections open at once; more are refused",
+  },
+  {
+    key: "client_rate",
+    flag: "client-rate",
+    type: "int",
+    min: 0,
+    max: 1_000_000,
+    default: 200,
+    roles: ["matcher"],
+    help: "new client connections per second from one address (bursts of twice that); 0: no limit",
   },
   {
     key: "matcher_host",
@@ -142,6 +266,60 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "limit for dialing the matcher or a destination",
   },
   {
+    key: "token",
+    flag: "token",
+    type: "string",
+    env: "O3SR_TOKEN",
+    secret: true,
+    arg: "SECRET",
+    default: null,
+    roles: ["relay"],
+    help: "token proving this relay may connect (also O3SR_TOKEN)",
+  },
+  {
+    key: "matcher_url",
+    flag: "matcher-url",
+    type: "string",
+    arg: "URL",
+    default: null,
+    roles: ["relay"],
+    help: "dial the matcher as ws://host:port/path or wss://… instead of --matcher-host/--matcher-port",
+  },
+  {
+    key: "tls",
+    flag: "tls",
+    type: "bool",
+    default: false,
+    roles: ["relay"],
+    help: "speak TLS to the matcher, verified by the system's CAs",
+  },
+  {
+    key: "tls_ca",
+    flag: "tls-ca",
+    type: "string",
+    arg: "FILE",
+    default: null,
+    roles: ["relay"],
+    help: "verify the matcher with this PEM CA instead (implies --tls)",
+  },
+  {
+    key: "tls_fingerprint",
+    flag: "tls-fingerprint",
+    type: "string",
+    arg: "sha256:HEX",
+    default: null,
+    roles: ["relay"],
+    help: "accept only the matcher certificate with this SHA-256 fingerprint (implies --tls)",
+  },
+  {
+    key: "tls_insecure",
+    flag: "tls-insecure",
+    type: "bool",
+    default: false,
+    roles: ["relay"],
+    help: "skip verifying the matcher's certificate (unsafe; implies --tls)",
+  },
+  {
     key: "window",
     flag: "window",
     type: "size",
@@ -186,6 +364,34 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "on SIGINT/SIGTERM, how long open streams may finish",
   },
   {
+    key: "max_streams",
+    flag: "max-streams",
+    type: "int",
+    min: 1,
+    max: 1_000_000,
+    default: 10_000,
+    roles: BOTH,
+    help: "streams open at once on one session",
+  },
+  {
+    key: "idle_timeout",
+    flag: "idle-timeout",
+    type: "duration",
+    default: 0,
+    roles: BOTH,
+    help: "close a stream after this long without traffic; 0: never",
+  },
+  {
+    key: "max_frame",
+    flag: "max-frame",
+    type: "size",
+    min: 16 * 1024,
+    max: 1_024_000,
+    default: 1_024_000,
+    roles: BOTH,
+    help: "largest frame payload accepted from a peer",
+  },
+  {
     key: "log_level",
     flag: "log-level",
     type: "enum",
@@ -227,6 +433,26 @@ export interface Settings {
   drainTimeout: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  tokens: readonly NamedToken[];
+  clientAllow: readonly string[];
+  tlsCert: string | null;
+  tlsKey: string | null;
+  clientTlsCert: string | null;
+  clientTlsKey: string | null;
+  adminPort: number | null;
+  adminHost: string;
+  maxRelaySessions: number;
+  maxClients: number;
+  clientRate: number;
+  token: string | null;
+  matcherUrl: string | null;
+  tls: boolean;
+  tlsCa: string | null;
+  tlsFingerprint: string | null;
+  tlsInsecure: boolean;
+  maxStreams: number;
+  idleTimeout: number;
+  maxFrame: number;
 }
 
 /** `relay_port` → `relayPort`. */
@@ -242,10 +468,61 @@ export function defaultSettings(): Settings {
 }
 
 /** Where a value came from, for error messages. */
-type Source = { kind: "flag" } | { kind: "file"; path: string };
+type Source = { kind: "flag" } | { kind: "file"; path: string } | { kind: "env"; name: string };
 
 function describeSetting(option: OptionSpec, source: Source): string {
-  return source.kind === "flag" ? `--${option.flag}` : `config ${source.path}: ${option.key}`;
+  switch (source.kind) {
+    case "flag":
+      return `--${option.flag}`;
+    case "env":
+      return source.name;
+    case "file":
+      return `config ${source.path}: ${option.key}`;
+  }
+}
+
+/** Whether an option holds a list (its flag may be repeated). */
+export function isList(option: OptionSpec): boolean {
+  return option.type === "cidrs" || option.type === "tokens";
+}
+
+/**
+ * Checks settings that depend on each other.
+ *
+ * @throws {UsageError} naming the flags involved
+ */
+export function checkSettings(settings: Settings): void {
+  const pairs: Array<[keyof Settings, keyof Settings, string, string]> = [
+    ["tlsCert", "tlsKey", "--tls-cert", "--tls-key"],
+    ["clientTlsCert", "clientTlsKey", "--client-tls-cert", "--client-tls-key"],
+  ];
+  for (const [cert, key, certFlag, keyFlag] of pairs) {
+    if ((settings[cert] === null) !== (settings[key] === null)) {
+      throw new UsageError(`${certFlag} and ${keyFlag} go together; give both or neither`);
+    }
+  }
+  if (settings.tlsFingerprint !== null && !/^sha256:([0-9a-f]{2}:?){31}[0-9a-f]{2}$/i.test(settings.tlsFingerprint)) {
+    throw new UsageError(
+      `--tls-fingerprint must be sha256: and 64 hex digits (colons allowed), such as the output of \`openssl x509 -fingerprint -sha256\`; got ${
+        JSON.stringify(settings.tlsFingerprint)
+      }`,
+    );
+  }
+  if (settings.matcherUrl !== null) {
+    let url: URL | null = null;
+    try {
+      url = new URL(settings.matcherUrl);
+    } catch {
+      // Reported below.
+    }
+    if (url === null || (url.protocol !== "ws:" && url.protocol !== "wss:") || url.hostname === "") {
+      throw new UsageError(
+        `--matcher-url must look like ws://host:port/path or wss://host/path, got ${
+          JSON.stringify(settings.matcherUrl)
+        }`,
+      );
+    }
+  }
 }
 
 /**
@@ -253,7 +530,7 @@ function describeSetting(option: OptionSpec, source: Source): string {
  *
  * @throws {UsageError} naming the flag or key and what was expected
  */
-export function parseValue(option: OptionSpec, raw: unknown, source: Source): string | number {
+export function parseValue(option: OptionSpec, raw: unknown, source: Source): Value {
   const what = describeSetting(option, source);
   const shown = typeof raw === "string" ? JSON.stringify(raw) : String(raw);
   switch (option.type) {
@@ -294,6 +571,29 @@ export function parseValue(option: OptionSpec, raw: unknown, source: Source): st
       }
       return ms;
     }
+    case "string": {
+      if (typeof raw !== "string" || raw.trim() === "") {
+        throw new UsageError(`${what} must be a non-empty string${option.secret ? "" : `, got ${shown}`}`);
+      }
+      return raw;
+    }
+    case "bool": {
+      if (typeof raw !== "boolean") throw new UsageError(`${what} must be true or false, got ${shown}`);
+      return raw;
+    }
+    case "cidrs": {
+      const items = listOf(raw, what);
+      for (const item of items) {
+        if (parseCidr(item) === null) {
+          throw new UsageError(
+            `${what}: ${JSON.stringify(item)} is not an address range such as 10.0.0.0/8 or 2001:db8::/32`,
+          );
+        }
+      }
+      return items;
+    }
+    case "tokens":
+      return parseTokens(raw, what);
     case "size": {
       const bytes = parseSize(raw);
       if (bytes === null || bytes < (option.min ?? 0) || bytes > (option.max ?? Number.MAX_SAFE_INTEGER)) {
@@ -306,6 +606,104 @@ export function parseValue(option: OptionSpec, raw: unknown, source: Source): st
       return bytes;
     }
   }
+}
+
+function listOf(raw: unknown, what: string): string[] {
+  const items = Array.isArray(raw) ? raw : [raw];
+  if (!items.every((item) => typeof item === "string" && item.trim() !== "")) {
+    throw new UsageError(`${what} must be a list of strings`);
+  }
+  return items as string[];
+}
+
+/** Reads tokens: strings (named `token-1`, …) or `{name, token}` maps; names and tokens unique. */
+function parseTokens(raw: unknown, what: string): NamedToken[] {
+  const items = Array.isArray(raw) ? raw : [raw];
+  const tokens = items.map((item, i): NamedToken => {
+    if (typeof item === "string" && item !== "") return { name: `token-${i + 1}`, token: item };
+    if (typeof item === "object" && item !== null && !Array.isArray(item)) {
+      const { name, token, ...rest } = item as Record<string, unknown>;
+      const extra = Object.keys(rest)[0];
+      if (extra) throw new UsageError(`${what}[${i}]: unknown key "${extra}"; a token entry has name and token`);
+      if (typeof name === "string" && name !== "" && typeof token === "string" && token !== "") return { name, token };
+    }
+    throw new UsageError(`${what}[${i}] must be a token string or a {name, token} map with two non-empty strings`);
+  });
+  const names = new Set(tokens.map((t) => t.name));
+  if (names.size < tokens.length) throw new UsageError(`${what}: token names must be unique`);
+  if (new Set(tokens.map((t) => t.token)).size < tokens.length) {
+    throw new UsageError(`${what}: a token is listed twice`);
+  }
+  return tokens;
+}
+
+/** An address range: the address as 16 bytes (IPv4 mapped into IPv6) and the prefix length over those. */
+export interface Cidr {
+  bytes: Uint8Array;
+  prefix: number;
+}
+
+/** Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address; null if malformed. */
+export function parseCidr(text: string): Cidr | null {
+  const [address, prefixText, extra] = text.trim().split("/");
+  if (extra !== undefined) return null;
+  const bytes = parseIp(address);
+  if (bytes === null) return null;
+  const v4 = !address.includes(":");
+  const max = v4 ? 32 : 128;
+  const prefix = prefixText === undefined ? max : /^\d+$/.test(prefixText) ? Number(prefixText) : NaN;
+  if (!(prefix >= 0 && prefix <= max)) return null;
+  return { bytes, prefix: v4 ? prefix + 96 : prefix };
+}
+
+/** Whether `address` (IPv4, IPv6 or IPv4-mapped IPv6) lies in `range`. */
+export function cidrContains(range: Cidr, address: string): boolean {
+  const bytes = parseIp(address);
+  if (bytes === null) return false;
+  for (let bit = 0; bit < range.prefix; bit += 8) {
+    const bits = Math.min(8, range.prefix - bit);
+    const mask = (0xff << (8 - bits)) & 0xff;
+    if ((bytes[bit / 8] & mask) !== (range.bytes[bit / 8] & mask)) return false;
+  }
+  return true;
+}
+
+/** An IPv4 or IPv6 address as 16 bytes, IPv4 mapped to ::ffff:a.b.c.d; null if malformed. */
+function parseIp(text: string): Uint8Array | null {
+  const out = new Uint8Array(16);
+  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text);
+  if (v4) {
+    const parts = v4.slice(1).map(Number);
+    if (parts.some((p) => p > 255)) return null;
+    out[10] = out[11] = 0xff;
+    out.set(parts, 12);
+    return out;
+  }
+  if (!text.includes(":")) return null;
+  let head = text;
+  let tail4: Uint8Array | null = null;
+  const lastColon = text.lastIndexOf(":");
+  if (text.slice(lastColon + 1).includes(".")) {
+    tail4 = parseIp(text.slice(lastColon + 1));
+    if (tail4 === null) return null;
+    head = text.slice(0, lastColon + 1) + "0:0";
+  }
+  const halves = head.split("::");
+  if (halves.length > 2) return null;
+  const words = (part: string) => part === "" ? [] : part.split(":");
+  const left = words(halves[0]);
+  const right = halves.length === 2 ? words(halves[1]) : [];
+  const missing = 8 - left.length - right.length;
+  if (halves.length === 1 ? missing !== 0 : missing < 1) return null;
+  const all = [...left, ...Array(halves.length === 2 ? missing : 0).fill("0"), ...right];
+  for (let i = 0; i < 8; i++) {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(all[i])) return null;
+    const word = parseInt(all[i], 16);
+    out[i * 2] = word >> 8;
+    out[i * 2 + 1] = word & 0xff;
+  }
+  if (tail4) out.set(tail4.subarray(12), 12);
+  return out;
 }
 
 function toInteger(raw: unknown, source: Source): number | null {

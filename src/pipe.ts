@@ -4,6 +4,7 @@
  * @module
  */
 
+import { formatDuration } from "./log.ts";
 import type { Conn } from "./transport/types.ts";
 
 /** Bytes moved by {@linkcode pipe}, each way. */
@@ -27,20 +28,41 @@ export interface PipeResult {
  * @param b the other end
  * @returns bytes copied each way, and the error that ended it, if any
  */
-export async function pipe(a: Conn, b: Conn): Promise<PipeResult> {
+export async function pipe(a: Conn, b: Conn, options: PipeOptions = {}): Promise<PipeResult> {
   const result: PipeResult = { aToB: 0, bToA: 0, error: null };
   const fail = (error: unknown) => {
     if (result.error === null) result.error = error instanceof Error ? error : new Error(String(error));
     a.reset();
     b.reset();
   };
+  let active = Date.now();
+  const idle = options.idleTimeout ?? 0;
+  // One coarse timer per pipe instead of resetting a timer on every chunk.
+  const timer = idle > 0
+    ? setInterval(() => {
+      if (Date.now() - active >= idle) fail(new Error(`idle for ${formatDuration(idle)}`));
+    }, Math.max(50, idle / 4))
+    : null;
+  const moved = idle > 0
+    ? (n: number) => {
+      active = Date.now();
+      return n;
+    }
+    : (n: number) => n;
   await Promise.all([
-    copy(a, b, (n) => result.aToB += n).catch(fail),
-    copy(b, a, (n) => result.bToA += n).catch(fail),
+    copy(a, b, (n) => result.aToB += moved(n)).catch(fail),
+    copy(b, a, (n) => result.bToA += moved(n)).catch(fail),
   ]);
+  if (timer !== null) clearInterval(timer);
   a.close();
   b.close();
   return result;
+}
+
+/** Options of {@linkcode pipe}. */
+export interface PipeOptions {
+  /** Reset both ends after this many milliseconds without a byte either way; 0: never. @default {0} */
+  idleTimeout?: number;
 }
 
 /** Copies `from` into `to` until end of input, then half-closes `to`. */

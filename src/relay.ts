@@ -11,7 +11,9 @@ import { sleep, waitUntil, withTimeout } from "./async.ts";
 import { errorMessage } from "./errors.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
 import { pipe } from "./pipe.ts";
-import { Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
+import { answerChallenge, AUTH_CONTEXT } from "./auth.ts";
+import { ProtocolError } from "./protocol/errors.ts";
+import { type Hello, Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
 import type { Stream } from "./protocol/stream.ts";
 import { type Conn, formatAddr, type Transport } from "./transport/types.ts";
 import { VERSION } from "./version.ts";
@@ -39,6 +41,10 @@ export interface RelayOptions extends SessionTunables {
   reconnectMax?: number;
   /** Limit for dialing the matcher or the destination, in milliseconds. @default {10000} */
   connectTimeout?: number;
+  /** Token proving this relay may connect, when the matcher asks for one. @default {null} */
+  token?: string | null;
+  /** Milliseconds a stream may go without traffic; 0: forever. @default {0} */
+  idleTimeout?: number;
   /** Where events are logged. @default {silentLogger} */
   log?: Logger;
 }
@@ -67,6 +73,9 @@ export interface Relay {
    */
   close(drainTimeout?: number): Promise<void>;
 }
+
+/** The matcher refused this relay (a bad token, a limit): retrying soon will not help. */
+class RefusedError extends Error {}
 
 /** First reconnect pause; doubles per failed attempt up to `reconnectMax`. */
 const RECONNECT_MIN = 500;
@@ -99,6 +108,7 @@ class RelayClient implements Relay {
   #totalStreams = 0;
   #failedStreams = 0;
   #stopping = false;
+  #warnedNoAuth = false;
   #resolveStop!: () => void;
   readonly #stopped = new Promise<void>((resolve) => this.#resolveStop = resolve);
   readonly #slots: Promise<void>[] = [];
@@ -154,11 +164,18 @@ class RelayClient implements Relay {
       const session = await this.#dial().catch((error) => {
         failures++;
         const pause = backoffDelay(failures, this.#options.reconnectMax ?? 30_000);
-        this.#log.warn("matcher unreachable, retrying", {
-          matcher: this.#matcher,
-          error: errorMessage(error),
-          retry_in: formatDuration(pause),
-        });
+        if (error instanceof RefusedError) {
+          this.#log.error(`matcher refused: ${error.message}`, {
+            matcher: this.#matcher,
+            retry_in: formatDuration(pause),
+          });
+        } else {
+          this.#log.warn("matcher unreachable, retrying", {
+            matcher: this.#matcher,
+            error: errorMessage(error),
+            retry_in: formatDuration(pause),
+          });
+        }
         return sleep(pause, this.#stopped).then(() => null);
       });
       if (session === null) continue;
@@ -208,15 +225,35 @@ class RelayClient implements Relay {
           throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a matcher`);
         }
       },
+      answer: (hello) => this.#answer(hello),
       onStream: (stream) => this.#serve(stream),
       ...tunablesOf(options),
     });
     try {
       await session.ready;
     } catch {
+      const refusal = /refused: (.*)$/.exec(session.closeReason)?.[1];
+      if (refusal) throw new RefusedError(refusal);
+      const error = session.closeError;
+      if (error instanceof ProtocolError && error.code === "auth") throw new RefusedError(error.message);
       throw new Error(`handshake failed: ${session.closeReason}`);
     }
     return session;
+  }
+
+  /** Answers the matcher's token challenge; null when it sent none. */
+  #answer(hello: Hello): Promise<Record<string, unknown>> | null {
+    const nonce = (hello.auth as { nonce?: unknown } | undefined)?.nonce;
+    const token = this.#options.token ?? null;
+    if (typeof nonce !== "string") {
+      if (token !== null && !this.#warnedNoAuth) {
+        this.#warnedNoAuth = true;
+        this.#log.warn("matcher does not ask for a token; is it the one you meant?", { matcher: this.#matcher });
+      }
+      return null;
+    }
+    if (token === null) throw new Error("the matcher requires a token; set --token or O3SR_TOKEN");
+    return answerChallenge(token, nonce, AUTH_CONTEXT).then((proof) => ({ proof }));
   }
 
   async #serve(stream: Stream): Promise<void> {
@@ -237,7 +274,7 @@ class RelayClient implements Relay {
         return null;
       });
       if (destination === null) return;
-      const result = await pipe(stream, destination);
+      const result = await pipe(stream, destination, { idleTimeout: this.#options.idleTimeout });
       const fields = {
         stream: stream.id,
         client,

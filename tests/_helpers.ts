@@ -177,3 +177,19 @@ export async function freePort(transport: Transport = tcp()): Promise<number> {
   await delay(20);
   return port;
 }
+
+/**
+ * Asserts that `conn` is cut off without further data: a reset on Bun; on
+ * Deno, whose sockets cannot send RST, a reset or an immediate clean end.
+ */
+export async function expectCutOff(conn: Conn, what = "connection cut off"): Promise<void> {
+  const outcome = await readAll(conn).then(
+    (rest) => rest.length === 0 ? "closed" : `${rest.length} more bytes`,
+    () => "reset",
+  );
+  if (runtime === "bun") {
+    if (outcome !== "reset") throw new Error(`${what}: expected a reset, got ${outcome}`);
+  } else if (outcome !== "reset" && outcome !== "closed") {
+    throw new Error(`${what}: expected a reset or an empty end, got ${outcome}`);
+  }
+}

@@ -26,7 +26,7 @@ function fakeRun(
 ): FakeRun {
   const out: string[] = [];
   const err: string[] = [];
-  let handler: ((signal: string) => void) | null = null;
+  const handlers: Array<(signal: string) => void> = [];
   const platform: Platform = {
     transport: memoryTransport(),
     runtime: { name: "test", version: "1.0", target: "linux-x64" },
@@ -39,13 +39,13 @@ function fakeRun(
     },
     stdout: (line) => out.push(line),
     stderr: (line) => err.push(line),
-    onShutdownSignal: (h) => handler = h,
+    onShutdownSignal: (h) => handlers.push(h),
     exit: (code) => {
       throw new Error(`exit(${code})`);
     },
   };
   const code = runCli(args, platform);
-  return { code, out, err, platform, signal: (name = "SIGTERM") => handler?.(name) };
+  return { code, out, err, platform, signal: (name = "SIGTERM") => handlers.forEach((h) => h(name)) };
 }
 
 async function expectUsageError(args: string[], pattern: RegExp, setup?: Parameters<typeof fakeRun>[1]) {
@@ -165,6 +165,55 @@ describe("cli: bad input is one clear line and exit code 2", () => {
     expectUsageError(["matcher"], /cannot read config \/home\/user\/.o3sr.yml: permission denied/, {
       files: { "/home/user/.o3sr.yml": new Error("permission denied") },
     }));
+});
+
+describe("cli: security settings", () => {
+  test("bad CIDR", () =>
+    expectUsageError(
+      ["matcher", "--client-allow", "10.0.0.0/33"],
+      /--client-allow: "10.0.0.0\/33" is not an address range/,
+    ));
+  test("certificate without key", () =>
+    expectUsageError(["matcher", "--tls-cert", "/c.pem"], /--tls-cert and --tls-key go together/));
+  test("malformed fingerprint", () =>
+    expectUsageError(["relay", "--tls-fingerprint", "md5:abc"], /--tls-fingerprint must be sha256: and 64 hex digits/));
+  test("matcher URL that is not ws(s)", () =>
+    expectUsageError(
+      ["relay", "--matcher-url", "http://hub:80/"],
+      /--matcher-url must look like ws:\/\/host:port\/path/,
+    ));
+  test("relay token given twice", () =>
+    expectUsageError(
+      ["relay", "--token", "aaaaaaaaaaaaaaaa", "--token", "bbbbbbbbbbbbbbbb"],
+      /--token was given 2 times/,
+    ));
+  test("config: token entry without a token", () =>
+    expectUsageError(["matcher", "--config", "/c.yml"], /tokens\[0\] must be a token string or a \{name, token\} map/, {
+      files: { "/c.yml": "tokens:\n  - name: ops\n" },
+    }));
+  test("config: a secret is not echoed back in errors", async () => {
+    const run = fakeRun(["relay", "--config", "/c.yml"], { files: { "/c.yml": "token: ''\n" } });
+    assert.equal(await run.code, 2);
+    assert.match(run.err[0], /config \/c.yml: token must be a non-empty string$/);
+  });
+
+  test("matcher tokens from flags and file; relay token from O3SR_TOKEN", async () => {
+    const files = {
+      "/m.yml": "tokens:\n  - name: team-a\n    token: aaaaaaaaaaaaaaaaaaaa\n  - bbbbbbbbbbbbbbbbbbbb\n",
+    };
+    const run = fakeRun(["matcher", "--config", "/m.yml", "--relay-port", "7601", "--client-port", "7602"], { files });
+    await waitFor(() => run.err.some((line) => line.includes("matcher listening")));
+    assert.match(run.err.join("\n"), /auth="2 token\(s\)"/);
+    const relay = runCli(["relay", "--matcher-port", "7601", "--matcher-host", "127.0.0.1"], {
+      ...run.platform,
+      env: (name) => name === "O3SR_TOKEN" ? "bbbbbbbbbbbbbbbbbbbb" : undefined,
+    });
+    await waitFor(() => run.err.some((line) => line.includes("relay connected") && line.includes("token=token-2")));
+    assert.ok(!run.err.join("\n").includes("bbbbbbbbbbbbbbbbbbbb"), "the token is never logged");
+    run.signal();
+    assert.equal(await run.code, 0);
+    assert.equal(await relay, 0);
+  });
 });
 
 describe("cli: running roles", () => {

@@ -125,7 +125,7 @@ describe("frame constants", () => {
     assert.equal(MAX_PAYLOAD, 1_024_000);
     assert.equal(PROTOCOL_VERSION, 2);
     assert.equal(MAX_STREAM_ID, 0xffff_ffff);
-    assert.deepEqual(ALL_TYPES, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(ALL_TYPES, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   });
 
   test("frame type names and known types", () => {
@@ -133,9 +133,10 @@ describe("frame constants", () => {
     assert.equal(frameTypeName(FrameType.TRAFFIC), "TRAFFIC");
     assert.equal(frameTypeName(FrameType.GOAWAY), "GOAWAY");
     assert.equal(frameTypeName(0), "unknown(0)");
-    assert.equal(frameTypeName(10), "unknown(10)");
+    assert.equal(frameTypeName(10), "AUTH");
+    assert.equal(frameTypeName(11), "unknown(11)");
     for (const type of ALL_TYPES) assert.ok(isKnownFrameType(type), `type ${type}`);
-    for (const type of [0, 10, 42, 0xffff_ffff, -1, 1.5]) {
+    for (const type of [0, 11, 42, 0xffff_ffff, -1, 1.5]) {
       assert.ok(!isKnownFrameType(type), `type ${type}`);
     }
   });

@@ -14,7 +14,8 @@ export type ProtocolErrorCode =
   | "unknown-stream"
   | "window-exceeded"
   | "bad-frame"
-  | "handshake";
+  | "handshake"
+  | "auth";
 
 /** A peer broke the protocol; the session carrying it is closed with this reason. */
 export class ProtocolError extends Error {

@@ -18,7 +18,7 @@ export const MAX_PAYLOAD = 1_024_000;
  */
 export const PROTOCOL_VERSION = 2;
 
-/** Frame types. 1-3 mean what they mean in O3SR; 4-9 are o3sr's additions. */
+/** Frame types. 1-3 mean what they mean in O3SR; 4-10 are o3sr's additions. */
 export const FrameType = {
   /** Opens stream `id`. Payload: empty, or a JSON object with stream metadata. */
   CONNECT: 1,
@@ -38,6 +38,8 @@ export const FrameType = {
   PONG: 8,
   /** The sender opens no new streams and asks the peer not to either. Payload: UTF-8 reason. */
   GOAWAY: 9,
+  /** Handshake step on stream 0: the dialer's answer to the acceptor's challenge, or the acceptor's consent. Payload: JSON. */
+  AUTH: 10,
 } as const;
 
 /** One of the {@linkcode FrameType} values. */

@@ -46,6 +46,17 @@ export interface SessionOptions {
   /** Inspects the peer's HELLO; throw to refuse the session with that message. */
   checkHello?: (hello: Hello) => void;
   /**
+   * Acceptor: require an AUTH answer to this side's HELLO (which carries the
+   * challenge) before the session opens. Throw to refuse; the peer is told
+   * `refused: <message>`.
+   */
+  authenticate?: (answer: Record<string, unknown>) => Promise<void>;
+  /**
+   * Dialer: the AUTH answer to the acceptor's HELLO, or null (returned at
+   * once, not as a promise) when it asked for none. Throw to give up.
+   */
+  answer?: (hello: Hello) => Promise<Record<string, unknown>> | null;
+  /**
    * Receive window granted to each stream, in bytes.
    * @default {1048576}
    */
@@ -90,16 +101,15 @@ export interface SessionOptions {
   onStream?: (stream: Stream) => void;
 }
 
-/** The session options a matcher or relay passes through from its settings. */
-export type SessionTunables = Pick<
-  SessionOptions,
-  "window" | "heartbeatInterval" | "heartbeatTimeout" | "handshakeTimeout"
->;
+/** The session options a matcher or relay passes through from its settings (`maxFrame` is `maxPayload`). */
+export type SessionTunables =
+  & Pick<SessionOptions, "window" | "heartbeatInterval" | "heartbeatTimeout" | "handshakeTimeout" | "maxStreams">
+  & { maxFrame?: number };
 
-/** Picks the {@linkcode SessionTunables} out of a larger options object. */
-export function tunablesOf(options: SessionTunables): SessionTunables {
-  const { window, heartbeatInterval, heartbeatTimeout, handshakeTimeout } = options;
-  return { window, heartbeatInterval, heartbeatTimeout, handshakeTimeout };
+/** Picks the {@linkcode SessionTunables} out of a larger options object, as session options. */
+export function tunablesOf(options: SessionTunables): Partial<SessionOptions> {
+  const { window, heartbeatInterval, heartbeatTimeout, handshakeTimeout, maxStreams, maxFrame } = options;
+  return { window, heartbeatInterval, heartbeatTimeout, handshakeTimeout, maxStreams, maxPayload: maxFrame };
 }
 
 /** A snapshot of a session's counters. */
@@ -150,6 +160,8 @@ export class Session implements StreamHost {
   readonly #streams = new Map<number, Stream>();
   readonly #decoder: FrameDecoder;
   #state: "handshake" | "open" | "closed" = "handshake";
+  /** Where the AUTH step stands: not needed, or waiting for the peer's AUTH frame. */
+  #authWait: "none" | "answer" | "consent" = "none";
   #peerHello: Hello | null = null;
   #nextId: number;
   #lastPeerId = 0;
@@ -353,7 +365,10 @@ export class Session implements StreamHost {
     if (!isKnownFrameType(type)) {
       throw new ProtocolError("unknown-frame-type", `peer sent unknown frame type ${type} on stream ${streamId}`);
     }
-    if (type === FrameType.HELLO || type === FrameType.PING || type === FrameType.PONG || type === FrameType.GOAWAY) {
+    if (
+      type === FrameType.HELLO || type === FrameType.AUTH || type === FrameType.PING || type === FrameType.PONG ||
+      type === FrameType.GOAWAY
+    ) {
       if (streamId !== 0) {
         throw new ProtocolError(
           "bad-frame",
@@ -398,6 +413,8 @@ export class Session implements StreamHost {
     switch (type) {
       case FrameType.HELLO:
         return this.#receiveHello(payload);
+      case FrameType.AUTH:
+        return this.#receiveAuth(payload);
       case FrameType.PING:
         this.writer.frame(FrameType.PONG, 0, payload);
         return;
@@ -453,11 +470,68 @@ export class Session implements StreamHost {
       throw new ProtocolError("handshake", errorMessage(error));
     }
     this.#peerHello = hello;
-    if (this.#options.side === "acceptor") this.#sendHello();
+    const { authenticate, answer } = this.#options;
+    if (this.#options.side === "acceptor") {
+      this.#sendHello();
+      if (authenticate) this.#authWait = "answer";
+      else this.#open();
+    } else {
+      // Without a challenge the session opens now: the acceptor's first
+      // CONNECT may follow in the same chunk as its HELLO.
+      let reply: Promise<Record<string, unknown>> | null;
+      try {
+        reply = answer?.(hello) ?? null;
+      } catch (error) {
+        throw new ProtocolError("auth", errorMessage(error));
+      }
+      if (reply === null) return this.#open();
+      this.#authWait = "consent";
+      reply.then((body) => {
+        if (this.#state !== "handshake") return;
+        this.writer.frame(FrameType.AUTH, 0, encoder.encode(JSON.stringify(body)));
+      }, (error) => this.#fail(new ProtocolError("auth", errorMessage(error))));
+    }
+  }
+
+  /** The AUTH step: an answer to our challenge (acceptor), or consent to ours (dialer). */
+  #receiveAuth(payload: Uint8Array): void {
+    const expected = this.#authWait;
+    if (expected === "none" || this.#state !== "handshake") {
+      throw new ProtocolError("handshake", "peer sent an AUTH frame that was not asked for");
+    }
+    this.#authWait = "none";
+    let body: unknown;
+    try {
+      body = JSON.parse(decoder.decode(payload));
+    } catch {
+      // Reported below.
+    }
+    if (typeof body !== "object" || body === null || Array.isArray(body)) {
+      throw new ProtocolError("handshake", "peer sent an AUTH frame that is not a JSON object");
+    }
+    if (expected === "consent") {
+      if ((body as { ok?: unknown }).ok !== true) {
+        throw new ProtocolError("auth", "peer sent an AUTH frame without consent");
+      }
+      return this.#open();
+    }
+    this.#options.authenticate!(body as Record<string, unknown>).then(() => {
+      if (this.#state !== "handshake") return;
+      this.writer.frame(FrameType.AUTH, 0, encoder.encode('{"ok":true}'));
+      this.#open();
+    }, (error) => {
+      const reason = `refused: ${errorMessage(error)}`;
+      if (this.#state === "closed") return;
+      this.writer.frame(FrameType.GOAWAY, 0, encoder.encode(reason));
+      this.#end(reason, new ProtocolError("auth", errorMessage(error)), true);
+    });
+  }
+
+  #open(): void {
     this.#state = "open";
     if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
     this.#startHeartbeat();
-    this.#resolveReady(hello);
+    this.#resolveReady(this.#peerHello!);
   }
 
   #acceptStream(id: number, payload: Uint8Array): void {
