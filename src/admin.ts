@@ -8,7 +8,7 @@
 
 import { withTimeout } from "./async.ts";
 import type { Logger } from "./log.ts";
-import { type Conn, type Listener, type Transport } from "./transport/types.ts";
+import type { Conn, Listener, Transport } from "./transport/types.ts";
 
 /** A response from an admin route. */
 export interface AdminResponse {
