@@ -276,7 +276,12 @@ function argName(option: OptionSpec): string {
     case "listen-port":
       return "PORT";
     case "host":
+    case "hosts":
       return "HOST";
+    case "services":
+      return "NAME=DEST";
+    case "port-range":
+      return "LOW-HIGH";
     case "duration":
       return "TIME";
     case "size":

@@ -8,6 +8,7 @@
  */
 
 import { parse as parseYaml } from "yaml";
+import { parseCidr } from "./ip.ts";
 import { UsageError } from "./errors.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
@@ -16,6 +17,9 @@ export type Role = "matcher" | "relay";
 
 /** How the matcher picks a relay session for a client. */
 export type Balance = "random" | "round-robin" | "least-streams";
+
+/** How a relay carries client connections: `mux` sessions, a `pool` of idle connections, or one per `event`. */
+export type Channel = "mux" | "pool" | "event";
 
 /** The balance strategies. */
 export const BALANCES: readonly Balance[] = ["random", "round-robin", "least-streams"];
@@ -31,7 +35,26 @@ type OptionType =
   | "string"
   | "bool"
   | "cidrs"
-  | "tokens";
+  | "tokens"
+  | "hosts"
+  | "services"
+  | "port-range";
+
+/**
+ * One named service. A relay reads the destination (and PROXY protocol); a
+ * matcher reads the client port and balance, so one file can describe both.
+ */
+export interface ServiceEntry {
+  name: string;
+  destHost?: string;
+  destPort?: number;
+  clientPort?: number;
+  balance?: Balance;
+  proxyProtocol?: ProxyVersion;
+}
+
+/** PROXY protocol versions a relay can prepend for its destination. */
+export type ProxyVersion = "v1" | "v2";
 
 /** A token the matcher accepts, with a name for logs (the token itself is never logged). */
 export interface NamedToken {
@@ -40,7 +63,15 @@ export interface NamedToken {
 }
 
 /** A parsed setting value. */
-export type Value = string | number | boolean | null | readonly string[] | readonly NamedToken[];
+export type Value =
+  | string
+  | number
+  | boolean
+  | null
+  | readonly string[]
+  | readonly NamedToken[]
+  | readonly ServiceEntry[]
+  | readonly [number, number];
 
 /** One setting: its config key, flag, type, default and help. */
 export interface OptionSpec {
@@ -113,6 +144,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: 10_000,
     roles: ["matcher"],
     help: "how long a client waits for a relay when none is connected",
+  },
+  {
+    key: "port_range",
+    flag: "port-range",
+    type: "port-range",
+    default: null,
+    roles: ["matcher"],
+    help: "client ports to allocate to named services relays register, such as 20000-20999",
   },
   {
     key: "tokens",
@@ -215,10 +254,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     key: "matcher_host",
     flag: "matcher-host",
-    type: "host",
+    type: "hosts",
     default: "localhost",
     roles: ["relay"],
-    help: "matcher to dial",
+    help: "matcher to dial, as HOST or HOST:PORT; repeat it to hold sessions to several matchers",
   },
   {
     key: "matcher_port",
@@ -264,6 +303,35 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: 10_000,
     roles: ["relay"],
     help: "limit for dialing the matcher or a destination",
+  },
+  {
+    key: "channel",
+    flag: "channel",
+    type: "enum",
+    values: ["mux", "pool", "event"],
+    default: "mux",
+    roles: ["relay"],
+    help:
+      "mux: streams over long-lived sessions; pool: idle connections, one per client; event: a new connection per client",
+  },
+  {
+    key: "pool_size",
+    flag: "pool-size",
+    type: "int",
+    min: 1,
+    max: 1000,
+    default: 10,
+    roles: ["relay"],
+    help: "idle connections kept open per matcher with --channel pool",
+  },
+  {
+    key: "proxy_protocol",
+    flag: "proxy-protocol",
+    type: "enum",
+    values: ["v1", "v2"],
+    default: null,
+    roles: ["relay"],
+    help: "send a PROXY protocol header to the destination with the client's address",
   },
   {
     key: "token",
@@ -364,6 +432,16 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "on SIGINT/SIGTERM, how long open streams may finish",
   },
   {
+    key: "services",
+    flag: "service",
+    type: "services",
+    arg: "NAME=HOST:PORT",
+    default: [],
+    roles: BOTH,
+    help:
+      "a named service: NAME=HOST:PORT on a relay (its destination), NAME=PORT on a matcher (its client port); repeatable",
+  },
+  {
     key: "max_streams",
     flag: "max-streams",
     type: "int",
@@ -419,7 +497,7 @@ export interface Settings {
   listenHost: string;
   balance: Balance;
   relayWait: number;
-  matcherHost: string;
+  matcherHost: string | readonly string[];
   matcherPort: number;
   destHost: string;
   destPort: number;
@@ -453,6 +531,11 @@ export interface Settings {
   maxStreams: number;
   idleTimeout: number;
   maxFrame: number;
+  services: readonly ServiceEntry[];
+  portRange: readonly [number, number] | null;
+  channel: Channel;
+  poolSize: number;
+  proxyProtocol: ProxyVersion | null;
 }
 
 /** `relay_port` → `relayPort`. */
@@ -483,7 +566,7 @@ function describeSetting(option: OptionSpec, source: Source): string {
 
 /** Whether an option holds a list (its flag may be repeated). */
 export function isList(option: OptionSpec): boolean {
-  return option.type === "cidrs" || option.type === "tokens";
+  return option.type === "cidrs" || option.type === "tokens" || option.type === "hosts" || option.type === "services";
 }
 
 /**
@@ -594,6 +677,25 @@ export function parseValue(option: OptionSpec, raw: unknown, source: Source): Va
     }
     case "tokens":
       return parseTokens(raw, what);
+    case "hosts": {
+      const hosts = listOf(raw, what);
+      for (const host of hosts) {
+        if (/\s/.test(host) || !/^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+|[0-9a-fA-F:]+)(:\d{1,5})?$/.test(host)) {
+          throw new UsageError(`${what}: ${JSON.stringify(host)} is not HOST or HOST:PORT`);
+        }
+      }
+      return typeof raw === "string" && source.kind !== "flag" ? raw : hosts;
+    }
+    case "services":
+      return parseServices(raw, what);
+    case "port-range": {
+      const match = typeof raw === "string" ? /^(\d{1,5})-(\d{1,5})$/.exec(raw.trim()) : null;
+      const [low, high] = match ? [Number(match[1]), Number(match[2])] : [0, 0];
+      if (!match || low < 1 || high > 65535 || low > high) {
+        throw new UsageError(`${what} must be LOW-HIGH within 1-65535, such as 20000-20999; got ${shown}`);
+      }
+      return [low, high] as const;
+    }
     case "size": {
       const bytes = parseSize(raw);
       if (bytes === null || bytes < (option.min ?? 0) || bytes > (option.max ?? Number.MAX_SAFE_INTEGER)) {
@@ -606,6 +708,92 @@ export function parseValue(option: OptionSpec, raw: unknown, source: Source): Va
       return bytes;
     }
   }
+}
+
+const SERVICE_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
+
+/**
+ * Reads services: a list of `NAME=HOST:PORT` (relay destination) or
+ * `NAME=PORT` (matcher client port) strings and `{name, …}` maps, or a map
+ * of name to `{dest_host, dest_port, client_port, balance, proxy_protocol}`.
+ */
+function parseServices(raw: unknown, what: string): ServiceEntry[] {
+  const entries: Array<[string | undefined, unknown]> = Array.isArray(raw)
+    ? raw.map((item) => [undefined, item])
+    : typeof raw === "object" && raw !== null
+    ? Object.entries(raw)
+    : [[undefined, raw]];
+  const services = entries.map(([key, item], i): ServiceEntry => {
+    const where = key === undefined ? `${what}[${i}]` : `${what}.${key}`;
+    if (typeof item === "string") {
+      const match = /^([^=\s]+)=(?:(.+):(\d{1,5})|(\d{1,5}))$/.exec(item.trim());
+      if (!match || key !== undefined) {
+        throw new UsageError(
+          `${where} must be NAME=HOST:PORT (a relay's destination) or NAME=PORT (a matcher's client port), got ${
+            JSON.stringify(item)
+          }`,
+        );
+      }
+      const [, name, host, destPort, clientPort] = match;
+      return checkService(
+        host === undefined
+          ? { name, clientPort: Number(clientPort) }
+          : { name, destHost: host, destPort: Number(destPort) },
+        where,
+      );
+    }
+    if (typeof item !== "object" || item === null || Array.isArray(item)) {
+      throw new UsageError(`${where} must be a string or a map`);
+    }
+    const fields = { ...item } as Record<string, unknown>;
+    const name = key ?? fields.name;
+    delete fields.name;
+    const entry: Record<string, unknown> = { name };
+    for (const [field, value] of Object.entries(fields)) {
+      const known: Record<string, string> = {
+        dest_host: "destHost",
+        dest_port: "destPort",
+        client_port: "clientPort",
+        balance: "balance",
+        proxy_protocol: "proxyProtocol",
+      };
+      if (!(field in known)) {
+        throw new UsageError(`${where}: unknown key "${field}"; a service has ${Object.keys(known).join(", ")}`);
+      }
+      entry[known[field]] = value;
+    }
+    return checkService(entry as unknown as ServiceEntry, where);
+  });
+  const names = services.map((s) => s.name);
+  const twice = names.find((name, i) => names.indexOf(name) !== i);
+  if (twice) throw new UsageError(`${what}: service "${twice}" is listed twice`);
+  return services;
+}
+
+function checkService(entry: ServiceEntry, where: string): ServiceEntry {
+  if (typeof entry.name !== "string" || !SERVICE_NAME.test(entry.name)) {
+    throw new UsageError(
+      `${where}: a service name is letters, digits, "-", "_" or ".", got ${JSON.stringify(entry.name)}`,
+    );
+  }
+  const port = (value: unknown, low: number) =>
+    Number.isInteger(value) && (value as number) >= low && (value as number) <= 65535;
+  if (entry.destPort !== undefined && !port(entry.destPort, 1)) {
+    throw new UsageError(`${where}: dest_port must be 1-65535`);
+  }
+  if (entry.clientPort !== undefined && !port(entry.clientPort, 0)) {
+    throw new UsageError(`${where}: client_port must be 0-65535`);
+  }
+  if (entry.destHost !== undefined && (typeof entry.destHost !== "string" || entry.destHost === "")) {
+    throw new UsageError(`${where}: dest_host must be a host name or address`);
+  }
+  if (entry.balance !== undefined && !BALANCES.includes(entry.balance)) {
+    throw new UsageError(`${where}: balance must be one of ${BALANCES.join(", ")}`);
+  }
+  if (entry.proxyProtocol !== undefined && entry.proxyProtocol !== "v1" && entry.proxyProtocol !== "v2") {
+    throw new UsageError(`${where}: proxy_protocol must be v1 or v2`);
+  }
+  return entry;
 }
 
 function listOf(raw: unknown, what: string): string[] {
@@ -635,75 +823,6 @@ function parseTokens(raw: unknown, what: string): NamedToken[] {
     throw new UsageError(`${what}: a token is listed twice`);
   }
   return tokens;
-}
-
-/** An address range: the address as 16 bytes (IPv4 mapped into IPv6) and the prefix length over those. */
-export interface Cidr {
-  bytes: Uint8Array;
-  prefix: number;
-}
-
-/** Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address; null if malformed. */
-export function parseCidr(text: string): Cidr | null {
-  const [address, prefixText, extra] = text.trim().split("/");
-  if (extra !== undefined) return null;
-  const bytes = parseIp(address);
-  if (bytes === null) return null;
-  const v4 = !address.includes(":");
-  const max = v4 ? 32 : 128;
-  const prefix = prefixText === undefined ? max : /^\d+$/.test(prefixText) ? Number(prefixText) : NaN;
-  if (!(prefix >= 0 && prefix <= max)) return null;
-  return { bytes, prefix: v4 ? prefix + 96 : prefix };
-}
-
-/** Whether `address` (IPv4, IPv6 or IPv4-mapped IPv6) lies in `range`. */
-export function cidrContains(range: Cidr, address: string): boolean {
-  const bytes = parseIp(address);
-  if (bytes === null) return false;
-  for (let bit = 0; bit < range.prefix; bit += 8) {
-    const bits = Math.min(8, range.prefix - bit);
-    const mask = (0xff << (8 - bits)) & 0xff;
-    if ((bytes[bit / 8] & mask) !== (range.bytes[bit / 8] & mask)) return false;
-  }
-  return true;
-}
-
-/** An IPv4 or IPv6 address as 16 bytes, IPv4 mapped to ::ffff:a.b.c.d; null if malformed. */
-function parseIp(text: string): Uint8Array | null {
-  const out = new Uint8Array(16);
-  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text);
-  if (v4) {
-    const parts = v4.slice(1).map(Number);
-    if (parts.some((p) => p > 255)) return null;
-    out[10] = out[11] = 0xff;
-    out.set(parts, 12);
-    return out;
-  }
-  if (!text.includes(":")) return null;
-  let head = text;
-  let tail4: Uint8Array | null = null;
-  const lastColon = text.lastIndexOf(":");
-  if (text.slice(lastColon + 1).includes(".")) {
-    tail4 = parseIp(text.slice(lastColon + 1));
-    if (tail4 === null) return null;
-    head = text.slice(0, lastColon + 1) + "0:0";
-  }
-  const halves = head.split("::");
-  if (halves.length > 2) return null;
-  const words = (part: string) => part === "" ? [] : part.split(":");
-  const left = words(halves[0]);
-  const right = halves.length === 2 ? words(halves[1]) : [];
-  const missing = 8 - left.length - right.length;
-  if (halves.length === 1 ? missing !== 0 : missing < 1) return null;
-  const all = [...left, ...Array(halves.length === 2 ? missing : 0).fill("0"), ...right];
-  for (let i = 0; i < 8; i++) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(all[i])) return null;
-    const word = parseInt(all[i], 16);
-    out[i * 2] = word >> 8;
-    out[i * 2 + 1] = word & 0xff;
-  }
-  if (tail4) out.set(tail4.subarray(12), 12);
-  return out;
 }
 
 function toInteger(raw: unknown, source: Source): number | null {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type Cidr, cidrContains, parseCidr } from "./config.ts";
+import { type Cidr, cidrContains, parseCidr } from "./ip.ts";
 
 /** Checks client addresses against a list of ranges; an empty list allows all. */
 export class AllowList {

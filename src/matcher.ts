@@ -1,16 +1,19 @@
 /**
- * The matcher runs on a public host. Relays dial in to its relay port and
- * keep sessions open; each user connection on its client port becomes a new
- * stream on one relay session, picked by the balance strategy.
+ * The matcher runs on a public host. Relays dial in to its relay port,
+ * authenticate, and register the services they serve; each service has a
+ * client port (the default service has `--client-port`, named ones a fixed
+ * port or one from `--port-range`). Each user connection on a client port
+ * becomes a stream on one relay of that service's pool, picked by the balance
+ * strategy; a relay whose destination refuses is skipped and the client tried
+ * on the next.
  *
  * @module
  */
 
 import { json, startAdmin, text } from "./admin.ts";
-import { waitUntil } from "./async.ts";
+import { waitUntil, withTimeout } from "./async.ts";
 import { AUTH_CONTEXT, newNonce, TokenVerifier } from "./auth.ts";
-import { createPicker, type Picker } from "./balance.ts";
-import type { Balance, NamedToken } from "./config.ts";
+import type { Balance, NamedToken, ServiceEntry } from "./config.ts";
 import { errorMessage } from "./errors.ts";
 import { AllowList, RateLimiter } from "./limits.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
@@ -20,6 +23,8 @@ import { encodeFrame } from "./protocol/codec.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { FrameType } from "./protocol/frame.ts";
 import { Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
+import type { Stream } from "./protocol/stream.ts";
+import { DEFAULT_SERVICE, type PoolMember, Service } from "./service.ts";
 import { type Addr, type Conn, formatAddr, type Listener, type Transport } from "./transport/types.ts";
 import { VERSION } from "./version.ts";
 
@@ -31,15 +36,21 @@ export interface MatcherOptions extends SessionTunables {
   listenHost?: string;
   /** Port relays dial in to; 0 picks a free one. @default {6543} */
   relayPort?: number;
-  /** Port users connect to; 0 picks a free one. @default {6544} */
+  /** Client port of the default service; 0 picks a free one. @default {6544} */
   clientPort?: number;
-  /** How a client's relay session is picked. @default {"random"} */
+  /** How a client's relay is picked, unless a service sets its own. @default {"random"} */
   balance?: Balance;
+  /** Named services with a fixed client port (and optionally their own balance). @default {[]} */
+  services?: readonly ServiceEntry[];
+  /** Ports to allocate to services that relays register without a fixed port. @default {null} */
+  portRange?: readonly [number, number] | null;
   /** Milliseconds a client waits for a relay when none is connected. @default {10000} */
   relayWait?: number;
+  /** Milliseconds an event-channel relay has to open a session for a client. @default {10000} */
+  connectTimeout?: number;
   /** Tokens a relay must prove it holds (bare strings are named `token-1`, …); none: any relay may connect. @default {[]} */
   tokens?: readonly (string | NamedToken)[];
-  /** CIDR ranges allowed on the client port; none: all. @default {[]} */
+  /** CIDR ranges allowed on the client ports; none: all. @default {[]} */
   clientAllow?: readonly string[];
   /** Port of the admin HTTP listener; null: none. @default {null} */
   adminPort?: number | null;
@@ -67,6 +78,10 @@ export interface RelayInfo {
   address: string;
   /** Name of the token the relay proved, or null without tokens. */
   token: string | null;
+  /** How the relay carries clients: `mux`, `pool` or `event`. */
+  channel: string;
+  /** Services it registered. */
+  services: string[];
   /** Streams open now. */
   openStreams: number;
   /** Streams opened since the session began. */
@@ -81,10 +96,23 @@ export interface RelayInfo {
   rttMs: number | null;
 }
 
+/** One service, as the matcher's stats show it. */
+export interface ServiceInfo {
+  name: string;
+  /** Its client port, or null while it has none open. */
+  port: number | null;
+  /** Relay sessions in its pool. */
+  relays: number;
+  /** Clients waiting for one of them. */
+  waiting: number;
+}
+
 /** A snapshot of the matcher's state. */
 export interface MatcherStats {
   /** Connected relay sessions. */
   relays: RelayInfo[];
+  /** Services and their ports. */
+  services: ServiceInfo[];
   /** Clients waiting for a relay now. */
   clientsWaiting: number;
   /** Clients being served now. */
@@ -101,11 +129,13 @@ export interface MatcherStats {
 export interface Matcher {
   /** Where relays connect (the real port, also after asking for 0). */
   readonly relayAddr: Addr;
-  /** Where users connect. */
+  /** The default service's client port. */
   readonly clientAddr: Addr;
   /** Where the admin listener is, if enabled. */
   readonly adminAddr: Addr | null;
-  /** A snapshot of relays and clients. */
+  /** The client port of a service, or null if it has none now. */
+  servicePort(name: string): number | null;
+  /** A snapshot of relays, services and clients. */
   stats(): MatcherStats;
   /** The metrics in the Prometheus text format. */
   metrics(): string;
@@ -116,19 +146,22 @@ export interface Matcher {
   close(drainTimeout?: number): Promise<void>;
 }
 
-interface RelaySession {
+interface RelaySession extends PoolMember {
   id: number;
   session: Session;
   address: string;
   token: string | null;
-  readonly openStreams: number;
+  channel: string;
+  services: Set<string>;
+  /** A pool session carries one client; once taken it leaves the pool. */
+  taken: boolean;
 }
 
 /**
- * Starts a matcher: binds the relay and client ports (and the admin port, if
- * asked) and serves until closed.
+ * Starts a matcher: binds the relay port, the client ports (and the admin
+ * port, if asked) and serves until closed.
  *
- * @throws {Error} naming the port when it cannot be bound
+ * @throws {Error} naming the port when one cannot be bound
  */
 export async function startMatcher(options: MatcherOptions): Promise<Matcher> {
   const matcher = new MatcherServer(options);
@@ -139,18 +172,19 @@ export async function startMatcher(options: MatcherOptions): Promise<Matcher> {
 class MatcherServer implements Matcher {
   readonly #options: MatcherOptions;
   readonly #log: Logger;
-  readonly #pick: Picker<RelaySession>;
   readonly #verifier: TokenVerifier | null;
   readonly #allow: AllowList;
   readonly #rate: RateLimiter;
   readonly #relays: RelaySession[] = [];
+  readonly #services = new Map<string, Service<RelaySession>>();
+  readonly #allocating = new Map<string, Promise<Service<RelaySession> | string>>();
+  readonly #stickyPorts = new Map<string, number>();
+  readonly #releaseTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  readonly #tickets = new Map<string, (session: Session) => void>();
   readonly #clients = new Set<Conn>();
   readonly #started = Date.now();
-  #waiting: Array<(relay: RelaySession | null) => void> = [];
   #handshaking = 0;
-  #listeners: Listener[] = [];
   #relayListener!: Listener;
-  #clientListener!: Listener;
   #adminListener: Listener | null = null;
   #summaryTimer: ReturnType<typeof setInterval> | null = null;
   #nextSessionId = 1;
@@ -173,11 +207,14 @@ class MatcherServer implements Matcher {
   );
   readonly #refused = this.#metrics.counter("connections_refused_total", "Connections refused by a limit, by reason.");
   readonly #relaySessionsTotal = this.#metrics.counter("relay_sessions_total", "Relay sessions established.");
+  readonly #failovers = this.#metrics.counter(
+    "failovers_total",
+    "Clients retried on another relay after a destination failed.",
+  );
 
   constructor(options: MatcherOptions) {
     this.#options = options;
     this.#log = options.log ?? silentLogger;
-    this.#pick = createPicker(options.balance ?? "random");
     const tokens = (options.tokens ?? []).map((t, i) =>
       typeof t === "string" ? { name: `token-${i + 1}`, token: t } : t
     );
@@ -189,7 +226,7 @@ class MatcherServer implements Matcher {
     this.#rate = new RateLimiter(options.clientRate ?? 200);
     this.#metrics.gauge("relay_sessions", "Relay sessions connected now.", () => this.#relays.length);
     this.#metrics.gauge("open_streams", "Client streams open now.", () => this.#openStreams());
-    this.#metrics.gauge("clients_waiting", "Clients waiting for a relay.", () => this.#waiting.length);
+    this.#metrics.gauge("clients_waiting", "Clients waiting for a relay.", () => this.#waiting());
     this.#metrics.gauge(
       "uptime_seconds",
       "Seconds since the matcher started.",
@@ -202,28 +239,53 @@ class MatcherServer implements Matcher {
   }
 
   get clientAddr(): Addr {
-    return this.#clientListener.addr;
+    return this.#services.get(DEFAULT_SERVICE)!.listener!.addr;
   }
 
   get adminAddr(): Addr | null {
     return this.#adminListener?.addr ?? null;
   }
 
+  servicePort(name: string): number | null {
+    return this.#services.get(name)?.listener?.addr.port ?? null;
+  }
+
   async listen(): Promise<void> {
     const { transport, adminPort } = this.#options;
     const host = this.#options.listenHost ?? "0.0.0.0";
+    const opened: Listener[] = [];
     try {
-      this.#relayListener = await listenOn(transport, host, this.#options.relayPort ?? 6543, "relay");
-      this.#listeners.push(this.#relayListener);
-      this.#clientListener = await listenOn(transport, host, this.#options.clientPort ?? 6544, "client");
-      this.#listeners.push(this.#clientListener);
+      this.#relayListener = await listenOn(
+        () => transport.listen({ hostname: host, port: this.#options.relayPort ?? 6543 }),
+        host,
+        this.#options.relayPort ?? 6543,
+        "relay port",
+        "--relay-port",
+      );
+      opened.push(this.#relayListener);
+      const fixed: ServiceEntry[] = [{ name: DEFAULT_SERVICE, clientPort: this.#options.clientPort ?? 6544 }];
+      for (const entry of this.#options.services ?? []) {
+        if (entry.name === DEFAULT_SERVICE) {
+          fixed[0] = { ...entry, clientPort: entry.clientPort ?? fixed[0].clientPort };
+        } else if (entry.clientPort !== undefined) fixed.push(entry);
+      }
+      for (const entry of fixed) {
+        const service = new Service<RelaySession>(entry.name, entry.balance ?? this.#balance, false);
+        const flag = entry.name === DEFAULT_SERVICE ? "--client-port" : `services.${entry.name}.client_port`;
+        service.listener = await listenOn(
+          () => transport.listen({ hostname: host, port: entry.clientPort! }),
+          host,
+          entry.clientPort!,
+          `client port of ${entry.name}`,
+          flag,
+        );
+        opened.push(service.listener);
+        this.#services.set(entry.name, service);
+        this.#acceptLoop(service.listener, (conn) => this.#serveClient(conn, service));
+      }
       if (adminPort !== null && adminPort !== undefined) {
         const adminHost = this.#options.adminHost ?? "127.0.0.1";
         this.#adminListener = await listenOn(
-          transport,
-          adminHost,
-          adminPort,
-          "admin",
           () =>
             startAdmin({
               transport,
@@ -232,22 +294,27 @@ class MatcherServer implements Matcher {
               route: (path) => this.#route(path),
               log: this.#log,
             }),
+          adminHost,
+          adminPort,
+          "admin port",
+          "--admin-port",
         );
-        this.#listeners.push(this.#adminListener);
       }
     } catch (error) {
-      for (const listener of this.#listeners) listener.close();
+      for (const listener of opened) listener.close();
       throw error;
     }
+    const named = [...this.#services.values()].filter((s) => s.name !== DEFAULT_SERVICE);
     this.#log.info("matcher listening", {
       relay_port: formatAddr(this.relayAddr),
       client_port: formatAddr(this.clientAddr),
+      services: named.length ? named.map((s) => `${s.name}:${s.listener!.addr.port}`).join(",") : undefined,
+      port_range: this.#options.portRange ? this.#options.portRange.join("-") : undefined,
       admin_port: this.adminAddr ? formatAddr(this.adminAddr) : undefined,
-      balance: this.#options.balance ?? "random",
+      balance: this.#balance,
       auth: this.#verifier ? `${this.#options.tokens!.length} token(s)` : "off",
     });
     this.#acceptLoop(this.#relayListener, (conn) => this.#serveRelay(conn));
-    this.#acceptLoop(this.#clientListener, (conn) => this.#serveClient(conn));
     const every = this.#options.summaryInterval ?? 60_000;
     if (every > 0) this.#summaryTimer = setInterval(() => this.#logSummary(), every);
   }
@@ -255,12 +322,14 @@ class MatcherServer implements Matcher {
   stats(): MatcherStats {
     const now = Date.now();
     return {
-      relays: this.#relays.map(({ id, address, token, session }) => {
-        const s = session.stats();
+      relays: this.#relays.map((relay) => {
+        const s = relay.session.stats();
         return {
-          id,
-          address,
-          token,
+          id: relay.id,
+          address: relay.address,
+          token: relay.token,
+          channel: relay.channel,
+          services: [...relay.services],
           openStreams: s.openStreams,
           totalStreams: s.totalStreams,
           bytesSent: s.bytesSent,
@@ -269,8 +338,14 @@ class MatcherServer implements Matcher {
           rttMs: s.rttMs,
         };
       }),
-      clientsWaiting: this.#waiting.length,
-      clientsActive: this.#clients.size - this.#waiting.length,
+      services: [...this.#services.values()].map((s) => ({
+        name: s.name,
+        port: s.listener?.addr.port ?? null,
+        relays: s.members.length,
+        waiting: s.waiting,
+      })),
+      clientsWaiting: this.#waiting(),
+      clientsActive: this.#clients.size - this.#waiting(),
       clientsTotal: this.#clientsTotal,
       uptimeMs: now - this.#started,
       draining: this.#closing,
@@ -285,9 +360,9 @@ class MatcherServer implements Matcher {
     if (this.#closing) return;
     this.#closing = true;
     if (this.#summaryTimer !== null) clearInterval(this.#summaryTimer);
+    for (const timer of this.#releaseTimers.values()) clearTimeout(timer);
     this.#relayListener.close();
-    this.#clientListener.close();
-    for (const wake of this.#waiting.splice(0)) wake(null);
+    for (const service of this.#services.values()) service.release();
     const sessions = this.#relays.map((relay) => relay.session);
     for (const session of sessions) session.goAway("matcher shutting down");
     if (sessions.some((s) => !s.isClosed)) {
@@ -301,6 +376,10 @@ class MatcherServer implements Matcher {
     this.#log.info("matcher stopped");
   }
 
+  get #balance(): Balance {
+    return this.#options.balance ?? "random";
+  }
+
   // ---- Relays ----
 
   async #serveRelay(conn: Conn): Promise<void> {
@@ -309,12 +388,14 @@ class MatcherServer implements Matcher {
     if (this.#relays.length + this.#handshaking >= limit) {
       // Say why, so the relay logs a refusal rather than a broken connection.
       this.#refuse("relay", "too many relay sessions", address);
-      await conn.write(encodeFrame(FrameType.GOAWAY, 0, new TextEncoder().encode(`refused: too many relay sessions`)))
+      await conn.write(encodeFrame(FrameType.GOAWAY, 0, new TextEncoder().encode("refused: too many relay sessions")))
         .catch(() => {});
       return conn.close();
     }
     const nonce = this.#verifier ? newNonce() : null;
     let token: string | null = null;
+    let registered!: (relay: RelaySession) => void;
+    const ready = new Promise<RelaySession>((resolve) => registered = resolve);
     const session = new Session(conn, {
       side: "acceptor",
       hello: { role: "matcher", software: `o3sr/${VERSION}`, ...(nonce ? { auth: { nonce } } : {}) },
@@ -329,6 +410,7 @@ class MatcherServer implements Matcher {
           if (token === null) throw new Error(answer.proof === undefined ? "token required" : "bad token");
         }
         : undefined,
+      onStream: (stream) => this.#relayStream(stream, ready),
       ...tunablesOf(this.#options),
     });
     this.#handshaking++;
@@ -348,13 +430,23 @@ class MatcherServer implements Matcher {
       this.#handshaking--;
     }
     if (this.#closing) return session.close("matcher shutting down");
+    const channel = String(session.peerHello!.channel ?? "mux");
+    if (channel === "data") return this.#claimTicket(session, String(session.peerHello!.ticket));
+
+    const max = this.#options.maxStreams ?? Infinity;
     const relay: RelaySession = {
       id: this.#nextSessionId++,
       session,
       address,
       token,
+      channel,
+      services: new Set(),
+      taken: false,
       get openStreams() {
         return session.openStreams;
+      },
+      get available() {
+        return session.acceptingStreams && !this.taken && session.openStreams < max;
       },
     };
     this.#relays.push(relay);
@@ -362,31 +454,141 @@ class MatcherServer implements Matcher {
     this.#log.info("relay connected", {
       relay: address,
       session: relay.id,
+      channel: channel === "mux" ? undefined : channel,
       token: token ?? undefined,
       relays: this.#relays.length,
     });
-    for (const wake of this.#waiting.splice(0)) wake(relay);
+    registered(relay);
 
     const reason = await session.closed;
     this.#relays.splice(this.#relays.indexOf(relay), 1);
+    for (const name of relay.services) this.#leave(name, relay);
     const error = session.closeError;
     if (error instanceof ProtocolError) this.#framesRejected.inc({ reason: error.code });
-    const stats = session.stats();
+    // Pool and data sessions end after each client; only mux and event sessions are news.
+    const quiet = relay.taken && !error;
     const fields = {
       relay: address,
       session: relay.id,
       reason,
-      streams: stats.totalStreams,
-      up: formatDuration(Date.now() - stats.since),
+      streams: session.stats().totalStreams,
+      up: formatDuration(Date.now() - session.stats().since),
       relays: this.#relays.length,
     };
     if (error) this.#log.warn("relay disconnected", fields);
+    else if (quiet) this.#log.debug("relay disconnected", fields);
     else this.#log.info("relay disconnected", fields);
+  }
+
+  /** A stream the relay opened: only service registration is allowed. */
+  async #relayStream(stream: Stream, ready: Promise<RelaySession>): Promise<void> {
+    const entries = stream.meta.register;
+    if (!Array.isArray(entries)) return stream.reset("relays may only open registration streams");
+    const relay = await ready;
+    const services: Record<string, { port: number } | { error: string }> = {};
+    for (const entry of entries.slice(0, 256)) {
+      const name = (entry as { name?: unknown })?.name;
+      if (typeof name !== "string" || !/^[a-z0-9][a-z0-9_.-]{0,62}$/i.test(name)) continue;
+      const service = await this.#serviceFor(name);
+      if (typeof service === "string") {
+        services[name] = { error: service };
+        continue;
+      }
+      service.add(relay);
+      relay.services.add(name);
+      const timer = this.#releaseTimers.get(name);
+      if (timer !== undefined) clearTimeout(timer);
+      this.#releaseTimers.delete(name);
+      services[name] = { port: service.listener!.addr.port };
+    }
+    this.#log.debug("relay registered", {
+      relay: relay.address,
+      session: relay.id,
+      services: Object.keys(services).join(","),
+    });
+    try {
+      stream.accept();
+      await stream.write(new TextEncoder().encode(JSON.stringify({ services })));
+      await stream.closeWrite();
+    } catch {
+      // The session ended meanwhile.
+    }
+  }
+
+  /** The service with this name, opening a port from the range if needed; a string says why not. */
+  #serviceFor(name: string): Promise<Service<RelaySession> | string> {
+    const existing = this.#services.get(name);
+    if (existing) return Promise.resolve(existing);
+    const pending = this.#allocating.get(name);
+    if (pending) return pending;
+    const allocation = this.#allocate(name).finally(() => this.#allocating.delete(name));
+    this.#allocating.set(name, allocation);
+    return allocation;
+  }
+
+  async #allocate(name: string): Promise<Service<RelaySession> | string> {
+    const range = this.#options.portRange;
+    if (!range) {
+      return `the matcher has no client port for service "${name}": give it services: {${name}: {client_port: PORT}} or --port-range`;
+    }
+    const host = this.#options.listenHost ?? "0.0.0.0";
+    const taken = new Set([...this.#services.values()].map((s) => s.listener?.addr.port));
+    const sticky = this.#stickyPorts.get(name);
+    const candidates = sticky === undefined ? [] : [sticky];
+    for (let port = range[0]; port <= range[1]; port++) if (port !== sticky) candidates.push(port);
+    for (const port of candidates) {
+      if (taken.has(port) || [...this.#stickyPorts].some(([other, p]) => p === port && other !== name)) continue;
+      let listener: Listener;
+      try {
+        listener = await this.#options.transport.listen({ hostname: host, port });
+      } catch {
+        continue; // in use by something else
+      }
+      if (this.#closing) {
+        listener.close();
+        return "the matcher is shutting down";
+      }
+      const service = new Service<RelaySession>(name, this.#balance, true);
+      service.listener = listener;
+      this.#services.set(name, service);
+      this.#stickyPorts.set(name, port);
+      this.#acceptLoop(listener, (conn) => this.#serveClient(conn, service));
+      this.#log.info("service published", { service: name, client_port: formatAddr(listener.addr) });
+      return service;
+    }
+    return `no free port left in ${range.join("-")} for service "${name}"`;
+  }
+
+  /** A relay left a service; an allocated service without relays closes its port after a grace period. */
+  #leave(name: string, relay: RelaySession): void {
+    const service = this.#services.get(name);
+    if (!service) return;
+    service.remove(relay);
+    if (!service.allocated || service.members.length > 0 || this.#closing) return;
+    const grace = this.#options.relayWait ?? 10_000;
+    this.#releaseTimers.set(
+      name,
+      setTimeout(() => {
+        this.#releaseTimers.delete(name);
+        if (service.members.length > 0) return;
+        service.release();
+        this.#services.delete(name);
+        this.#log.info("service withdrawn", { service: name, reason: "no relay left" });
+      }, grace),
+    );
+  }
+
+  /** An event-channel data session arrived for a waiting client. */
+  #claimTicket(session: Session, ticket: string): void {
+    const claim = this.#tickets.get(ticket);
+    if (!claim) return session.close("unknown or expired ticket");
+    this.#tickets.delete(ticket);
+    claim(session);
   }
 
   // ---- Clients ----
 
-  async #serveClient(conn: Conn): Promise<void> {
+  async #serveClient(conn: Conn, service: Service<RelaySession>): Promise<void> {
     const client = formatAddr(conn.remoteAddr);
     const refusal = this.#checkClient(conn.remoteAddr.hostname);
     if (refusal) {
@@ -395,36 +597,45 @@ class MatcherServer implements Matcher {
     }
     this.#clients.add(conn);
     this.#clientsTotal++;
+    const started = Date.now();
+    const tried = new Set<RelaySession>();
     try {
-      const started = Date.now();
-      const relay = this.#available() ?? await this.#waitForRelay();
-      if (relay === null) {
-        this.#log.warn("no relay available; closing client", {
-          client,
-          waited: formatDuration(Date.now() - started),
-        });
-        this.#refused.inc({ reason: "no relay" });
-        conn.close();
+      for (;;) {
+        let relay = service.pick(tried);
+        if (relay === null && tried.size === 0 && !this.#closing) {
+          relay = await service.waitForRelay(this.#options.relayWait ?? 10_000);
+        }
+        if (relay === null) {
+          const reason = tried.size === 0 ? "no relay available" : "every relay failed to reach the destination";
+          this.#log.warn(`${reason}; closing client`, {
+            client,
+            service: service.name,
+            waited: formatDuration(Date.now() - started),
+          });
+          this.#refused.inc({ reason: tried.size === 0 ? "no relay" : "destination unreachable" });
+          if (tried.size === 0) conn.close();
+          else conn.reset();
+          return;
+        }
+        tried.add(relay);
+        const opened = await this.#openStream(relay, service.name, client).catch((error: Error) => error);
+        if (opened instanceof Error) {
+          // Nothing was sent yet, so another relay may take the client.
+          const skipped = /unreachable:/.test(opened.message) && service.noteFailure(relay);
+          this.#failovers.inc();
+          this.#log.warn("relay could not take the client; trying another", {
+            client,
+            service: service.name,
+            relay: relay.address,
+            reason: opened.message,
+            skipped: skipped ? "30s" : undefined,
+          });
+          continue;
+        }
+        service.noteSuccess(relay);
+        await this.#carry(conn, opened, relay, service.name, client, started);
         return;
       }
-      const stream = relay.session.openStream({ client });
-      this.#streamsOpened.inc();
-      this.#log.debug("client connected", { client, relay: relay.address, stream: stream.id });
-      const result = await pipe(conn, stream, { idleTimeout: this.#options.idleTimeout });
-      this.#bytes.inc({ direction: "up" }, result.aToB);
-      this.#bytes.inc({ direction: "down" }, result.bToA);
-      this.#streamsClosed.inc({ outcome: result.error ? "error" : "clean" });
-      const fields = {
-        client,
-        relay: relay.address,
-        stream: stream.id,
-        up: formatBytes(result.aToB),
-        down: formatBytes(result.bToA),
-        time: formatDuration(Date.now() - started),
-        error: result.error ? errorMessage(result.error) : undefined,
-      };
-      if (result.error) this.#log.warn("client stream failed", fields);
-      else this.#log.info("client done", fields);
     } catch (error) {
       this.#log.warn("client failed", { client, error: errorMessage(error) });
       conn.reset();
@@ -433,37 +644,69 @@ class MatcherServer implements Matcher {
     }
   }
 
+  /** Opens an accepted stream for a client on `relay`, the way its channel works. */
+  async #openStream(
+    relay: RelaySession,
+    service: string,
+    client: string,
+  ): Promise<{ stream: Stream; session: Session }> {
+    const meta = { client, service };
+    let session = relay.session;
+    if (relay.channel === "pool") relay.taken = true;
+    if (relay.channel === "event") {
+      const ticket = crypto.randomUUID();
+      const timeout = this.#options.connectTimeout ?? 10_000;
+      const arrival = new Promise<Session>((resolve) => this.#tickets.set(ticket, resolve));
+      relay.session.openStream({ ...meta, dial: ticket }).accepted.catch(() => {});
+      session = await withTimeout(arrival, timeout, `relay opened no session within ${formatDuration(timeout)}`)
+        .finally(() => this.#tickets.delete(ticket));
+    }
+    const stream = session.openStream(meta);
+    try {
+      await stream.accepted;
+    } catch (error) {
+      if (session !== relay.session || relay.channel === "pool") session.goAway("done");
+      throw error;
+    }
+    return { stream, session };
+  }
+
+  async #carry(
+    conn: Conn,
+    { stream, session }: { stream: Stream; session: Session },
+    relay: RelaySession,
+    service: string,
+    client: string,
+    started: number,
+  ): Promise<void> {
+    this.#streamsOpened.inc();
+    this.#log.debug("client connected", { client, service, relay: relay.address, stream: stream.id });
+    const result = await pipe(conn, stream, { idleTimeout: this.#options.idleTimeout });
+    // Pool and event sessions carry one client.
+    if (session !== relay.session || relay.channel === "pool") session.goAway("done");
+    this.#bytes.inc({ direction: "up" }, result.aToB);
+    this.#bytes.inc({ direction: "down" }, result.bToA);
+    this.#streamsClosed.inc({ outcome: result.error ? "error" : "clean" });
+    const fields = {
+      client,
+      service: service === DEFAULT_SERVICE ? undefined : service,
+      relay: relay.address,
+      stream: stream.id,
+      up: formatBytes(result.aToB),
+      down: formatBytes(result.bToA),
+      time: formatDuration(Date.now() - started),
+      error: result.error ? errorMessage(result.error) : undefined,
+    };
+    if (result.error) this.#log.warn("client stream failed", fields);
+    else this.#log.info("client done", fields);
+  }
+
   /** Why a client from `address` is refused, or null to serve it. */
   #checkClient(address: string): string | null {
     if (!this.#allow.allows(address)) return "address not allowed";
     if (this.#clients.size >= (this.#options.maxClients ?? 50_000)) return "too many clients";
     if (!this.#rate.take(address)) return "connection rate exceeded";
     return null;
-  }
-
-  /** A relay session that takes new streams now, picked by the strategy. */
-  #available(): RelaySession | null {
-    const max = this.#options.maxStreams ?? Infinity;
-    const open = this.#relays.filter((relay) => relay.session.acceptingStreams && relay.openStreams < max);
-    return open.length === 0 ? null : this.#pick(open);
-  }
-
-  /** Waits up to `relayWait` for a relay; null on timeout or shutdown. */
-  #waitForRelay(): Promise<RelaySession | null> {
-    if (this.#closing) return Promise.resolve(null);
-    const wait = this.#options.relayWait ?? 10_000;
-    return new Promise((resolve) => {
-      const wake = (relay: RelaySession | null) => {
-        clearTimeout(timer);
-        // Several clients may wake for one relay; each goes through the picker.
-        resolve(relay === null ? null : this.#available());
-      };
-      const timer = setTimeout(() => {
-        this.#waiting = this.#waiting.filter((w) => w !== wake);
-        resolve(null);
-      }, wait);
-      this.#waiting.push(wake);
-    });
   }
 
   // ---- Operations ----
@@ -501,8 +744,9 @@ class MatcherServer implements Matcher {
   #logSummary(): void {
     this.#log.info("summary", {
       relays: this.#relays.length,
+      services: this.#services.size,
       streams: this.#openStreams(),
-      waiting: this.#waiting.length,
+      waiting: this.#waiting(),
       clients_total: this.#clientsTotal,
       up: formatBytes(this.#bytes.get({ direction: "up" })),
       down: formatBytes(this.#bytes.get({ direction: "down" })),
@@ -511,6 +755,12 @@ class MatcherServer implements Matcher {
 
   #openStreams(): number {
     return this.#relays.reduce((sum, relay) => sum + relay.openStreams, 0);
+  }
+
+  #waiting(): number {
+    let waiting = 0;
+    for (const service of this.#services.values()) waiting += service.waiting;
+    return waiting;
   }
 
   async #acceptLoop(listener: Listener, serve: (conn: Conn) => Promise<void>): Promise<void> {
@@ -530,20 +780,20 @@ class MatcherServer implements Matcher {
   }
 }
 
-async function listenOn(
-  transport: Transport,
+async function listenOn<T extends Listener>(
+  open: () => Promise<T>,
   hostname: string,
   port: number,
-  what: "relay" | "client" | "admin",
-  open: () => Promise<Listener> = () => transport.listen({ hostname, port }),
-): Promise<Listener> {
+  what: string,
+  flag: string,
+): Promise<T> {
   try {
     return await open();
   } catch (error) {
     throw new Error(
-      `cannot listen on ${hostname}:${port} for the ${what} port: ${
+      `cannot listen on ${hostname}:${port} for the ${what}: ${
         errorMessage(error)
-      }. Is another matcher running? Pick another port with --${what}-port.`,
+      }. Is another matcher running? Pick another port with ${flag}.`,
     );
   }
 }

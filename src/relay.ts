@@ -1,20 +1,29 @@
 /**
- * The relay runs behind NAT. It dials out to the matcher, never accepts
- * inbound connections, keeps `connections` sessions open (replacing any that
- * drop, with capped exponential backoff and jitter), and forwards each stream
- * it is given to the destination, or to an in-process handler.
+ * The relay runs behind NAT. It dials out to one or more matchers and never
+ * accepts inbound connections. Per matcher it keeps its sessions open
+ * (replacing any that drop, with capped exponential backoff and jitter),
+ * registers its services, and forwards each stream it is given to the
+ * service's destination, or to an in-process handler.
+ *
+ * Channels: `mux` carries many streams over `connections` long-lived
+ * sessions; `pool` keeps `poolSize` idle sessions that carry one client each
+ * and are replaced at once; `event` keeps a control session over which the
+ * matcher asks for a fresh session per client.
  *
  * @module
  */
 
 import { sleep, waitUntil, withTimeout } from "./async.ts";
+import { answerChallenge, AUTH_CONTEXT } from "./auth.ts";
+import type { Channel, ProxyVersion, ServiceEntry } from "./config.ts";
 import { errorMessage } from "./errors.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
 import { pipe } from "./pipe.ts";
-import { answerChallenge, AUTH_CONTEXT } from "./auth.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { type Hello, Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
 import type { Stream } from "./protocol/stream.ts";
+import { parseHostPort, proxyHeader } from "./proxy_protocol.ts";
+import { DEFAULT_SERVICE } from "./service.ts";
 import { type Conn, formatAddr, type Transport } from "./transport/types.ts";
 import { VERSION } from "./version.ts";
 
@@ -22,21 +31,30 @@ import { VERSION } from "./version.ts";
 export interface RelayOptions extends SessionTunables {
   /** How to dial: the runtime's TCP transport, or another. */
   transport: Transport;
-  /** @default {"localhost"} */
-  matcherHost?: string;
-  /** The matcher's relay port. @default {6543} */
+  /** Matcher(s) to dial, as `host` or `host:port`; with several, the relay serves all of them. @default {"localhost"} */
+  matcherHost?: string | readonly string[];
+  /** The matchers' relay port, where `matcherHost` names none. @default {6543} */
   matcherPort?: number;
-  /** Where streams are forwarded. @default {"localhost"} */
+  /** Destination of the default service. @default {"localhost"} */
   destHost?: string;
   /** @default {80} */
   destPort?: number;
+  /** Named services (name, destination, PROXY protocol); none: only the default service. @default {[]} */
+  services?: readonly ServiceEntry[];
   /**
-   * Serves each stream in-process instead of forwarding it to the destination.
-   * The stream is a {@linkcode Conn}; it is reset if the handler throws.
+   * Serves each stream in-process instead of forwarding it. The stream is a
+   * {@linkcode Conn} with web `readable`/`writable` too; `stream.meta.service`
+   * names its service. It is reset if the handler throws.
    */
   handler?: (stream: Stream) => void | Promise<void>;
-  /** Sessions kept open to the matcher. @default {2} */
+  /** How client connections are carried. @default {"mux"} */
+  channel?: Channel;
+  /** Sessions kept open per matcher (`mux`; control sessions for `event`). @default {2} */
   connections?: number;
+  /** Idle sessions kept open per matcher with the `pool` channel. @default {10} */
+  poolSize?: number;
+  /** PROXY protocol header for destinations, unless a service sets its own. @default {null} */
+  proxyProtocol?: ProxyVersion | null;
   /** Longest pause between reconnect attempts, in milliseconds. @default {30000} */
   reconnectMax?: number;
   /** Limit for dialing the matcher or the destination, in milliseconds. @default {10000} */
@@ -51,7 +69,7 @@ export interface RelayOptions extends SessionTunables {
 
 /** A snapshot of the relay's state. */
 export interface RelayStats {
-  /** Sessions open to the matcher now. */
+  /** Sessions open to the matchers now (idle pool sessions included). */
   sessions: number;
   /** Streams open now, over all sessions. */
   openStreams: number;
@@ -59,23 +77,45 @@ export interface RelayStats {
   totalStreams: number;
   /** Streams whose destination could not be reached. */
   failedStreams: number;
+  /** Public address of each registered service, per matcher (`host:port`). */
+  services: Record<string, string[]>;
+}
+
+/**
+ * What a relay reports as events (`relay.addEventListener(type, (e) =>
+ * (e as CustomEvent).detail)`): `connected`, `disconnected`, `registered`,
+ * `stream-open` and `stream-close`, each with the fields below.
+ */
+export interface RelayEventMap {
+  connected: { matcher: string; sessions: number };
+  disconnected: { matcher: string; reason: string; sessions: number };
+  registered: { matcher: string; service: string; address: string };
+  "stream-open": { service: string; client?: string; stream: Stream };
+  "stream-close": { service: string; client?: string; up: number; down: number; error?: string };
 }
 
 /** A running relay. */
-export interface Relay {
-  /** A snapshot of sessions and streams. */
+export interface Relay extends EventTarget {
+  /** A snapshot of sessions, streams and services. */
   stats(): RelayStats;
-  /** Resolves once at least `count` sessions are open (default: all of them). */
+  /** Resolves once at least `count` sessions are open and registered (default: the full set). */
   connected(count?: number): Promise<void>;
   /**
-   * Stops reconnecting, tells the matcher to send no more streams, lets open
-   * streams finish for up to `drainTimeout` milliseconds, then closes.
+   * Stops reconnecting, tells the matchers to send no more streams, lets
+   * open streams finish for up to `drainTimeout` milliseconds, then closes.
    */
   close(drainTimeout?: number): Promise<void>;
 }
 
-/** The matcher refused this relay (a bad token, a limit): retrying soon will not help. */
-class RefusedError extends Error {}
+/**
+ * Starts a relay: opens its sessions in the background and keeps them open
+ * until closed. Never throws for an unreachable matcher; it logs and retries.
+ *
+ * @throws {RangeError} for a service without a destination
+ */
+export function startRelay(options: RelayOptions): Relay {
+  return new RelayClient(options);
+}
 
 /** First reconnect pause; doubles per failed attempt up to `reconnectMax`. */
 const RECONNECT_MIN = 500;
@@ -83,27 +123,37 @@ const RECONNECT_MIN = 500;
 /** A session that lasted this long counts as a success and resets the backoff. */
 const STABLE_SESSION = 10_000;
 
-/**
- * Starts a relay: opens its sessions to the matcher in the background and
- * keeps them open until closed. Never throws for an unreachable matcher; it
- * logs and retries.
- */
-export function startRelay(options: RelayOptions): Relay {
-  return new RelayClient(options);
-}
-
 /** Pause before reconnect attempt `attempt` (1-based): exponential, capped, half of it random. */
 export function backoffDelay(attempt: number, max: number, random: () => number = Math.random): number {
   const ceiling = Math.min(max, RECONNECT_MIN * 2 ** Math.min(attempt - 1, 30));
   return Math.round(ceiling / 2 + random() * ceiling / 2);
 }
 
-class RelayClient implements Relay {
+/** The matcher refused this relay (a bad token, a limit): retrying soon will not help. */
+class RefusedError extends Error {}
+
+interface Target {
+  host: string;
+  port: number;
+  label: string;
+}
+
+interface Destination {
+  host: string;
+  port: number;
+  proxyProtocol: ProxyVersion | null;
+}
+
+class RelayClient extends EventTarget implements Relay {
   readonly #options: RelayOptions;
   readonly #log: Logger;
+  readonly #targets: Target[];
+  readonly #destinations = new Map<string, Destination>();
   readonly #sessions = new Set<Session>();
   readonly #streams = new Set<Stream>();
-  readonly #matcher: string;
+  readonly #dataSessions = new Set<Session>();
+  readonly #published = new Map<string, Set<string>>();
+  readonly #unpublished = new Set<string>();
   #connectedWaiters: Array<{ count: number; resolve(): void }> = [];
   #totalStreams = 0;
   #failedStreams = 0;
@@ -114,30 +164,72 @@ class RelayClient implements Relay {
   readonly #slots: Promise<void>[] = [];
 
   constructor(options: RelayOptions) {
+    super();
     this.#options = options;
     this.#log = options.log ?? silentLogger;
-    this.#matcher = `${options.matcherHost ?? "localhost"}:${options.matcherPort ?? 6543}`;
-    const destination = options.handler
-      ? "in-process handler"
-      : `${options.destHost ?? "localhost"}:${options.destPort ?? 80}`;
-    this.#log.info("relay starting", { matcher: this.#matcher, destination, connections: this.#slotCount });
-    for (let slot = 0; slot < this.#slotCount; slot++) this.#slots.push(this.#keepSessionOpen(slot));
+    const hosts = typeof options.matcherHost === "string"
+      ? [options.matcherHost]
+      : options.matcherHost ?? ["localhost"];
+    this.#targets = hosts.map((entry) => {
+      const parsed = parseHostPort(entry);
+      const host = parsed?.hostname ?? entry;
+      const port = parsed?.port ?? options.matcherPort ?? 6543;
+      return { host, port, label: formatAddr({ hostname: host, port }) };
+    });
+    const services = options.services ?? [];
+    for (const service of services) {
+      if (service.destPort === undefined && !options.handler) {
+        throw new RangeError(
+          `Cannot start relay: service "${service.name}" needs a destination, such as ${service.name}=127.0.0.1:3000`,
+        );
+      }
+      this.#destinations.set(service.name, {
+        host: service.destHost ?? options.destHost ?? "localhost",
+        port: service.destPort ?? 0,
+        proxyProtocol: service.proxyProtocol ?? options.proxyProtocol ?? null,
+      });
+    }
+    if (services.length === 0) {
+      this.#destinations.set(DEFAULT_SERVICE, {
+        host: options.destHost ?? "localhost",
+        port: options.destPort ?? 80,
+        proxyProtocol: options.proxyProtocol ?? null,
+      });
+    }
+    const channel = this.#channel;
+    this.#log.info("relay starting", {
+      matcher: this.#targets.map((t) => t.label).join(","),
+      services: options.handler ? "in-process handler" : this.#describeServices(),
+      channel,
+      sessions: this.#perTarget,
+    });
+    for (const target of this.#targets) {
+      for (let slot = 0; slot < this.#perTarget; slot++) this.#slots.push(this.#keepSessionOpen(target));
+    }
   }
 
-  get #slotCount(): number {
-    return this.#options.connections ?? 2;
+  get #channel(): Channel {
+    return this.#options.channel ?? "mux";
+  }
+
+  /** Sessions kept per matcher. */
+  get #perTarget(): number {
+    return this.#channel === "pool" ? this.#options.poolSize ?? 10 : this.#options.connections ?? 2;
   }
 
   stats(): RelayStats {
+    const services: Record<string, string[]> = {};
+    for (const [name, addresses] of this.#published) services[name] = [...addresses];
     return {
       sessions: this.#sessions.size,
       openStreams: this.#streams.size,
       totalStreams: this.#totalStreams,
       failedStreams: this.#failedStreams,
+      services,
     };
   }
 
-  connected(count = this.#slotCount): Promise<void> {
+  connected(count = this.#perTarget * this.#targets.length): Promise<void> {
     if (this.#sessions.size >= count) return Promise.resolve();
     return new Promise((resolve) => this.#connectedWaiters.push({ count, resolve }));
   }
@@ -146,34 +238,37 @@ class RelayClient implements Relay {
     if (this.#stopping) return;
     this.#stopping = true;
     this.#resolveStop();
-    const sessions = [...this.#sessions];
+    const sessions = [...this.#sessions, ...this.#dataSessions];
     for (const session of sessions) session.goAway("relay shutting down");
     if (this.#streams.size > 0) {
       this.#log.info("draining", { streams: this.#streams.size, timeout: formatDuration(drainTimeout) });
     }
     await waitUntil(Promise.all(sessions.map((s) => s.closed)), drainTimeout);
-    for (const session of this.#sessions) session.close("relay shut down");
+    for (const session of [...this.#sessions, ...this.#dataSessions]) session.close("relay shut down");
     await Promise.all(this.#slots);
     this.#log.info("relay stopped");
   }
 
-  /** One slot: dial, serve until the session ends, pause, dial again. */
-  async #keepSessionOpen(slot: number): Promise<void> {
+  // ---- Sessions ----
+
+  /** One slot: dial, register, serve until the session ends (or, in a pool, is taken), pause, dial again. */
+  async #keepSessionOpen(target: Target): Promise<void> {
     let failures = 0;
     while (!this.#stopping) {
-      const session = await this.#dial().catch((error) => {
+      let taken!: () => void;
+      const used = new Promise<void>((resolve) => taken = resolve);
+      const session = await this.#dial(target, this.#channel, { onFirstStream: taken }).catch((error) => {
         failures++;
         const pause = backoffDelay(failures, this.#options.reconnectMax ?? 30_000);
         if (error instanceof RefusedError) {
           this.#log.error(`matcher refused: ${error.message}`, {
-            matcher: this.#matcher,
+            matcher: target.label,
             retry_in: formatDuration(pause),
           });
         } else {
-          this.#log.warn("matcher unreachable, retrying", {
-            matcher: this.#matcher,
+          this.#log.warn(`matcher unreachable, retrying in ${formatDuration(pause)}`, {
+            matcher: target.label,
             error: errorMessage(error),
-            retry_in: formatDuration(pause),
           });
         }
         return sleep(pause, this.#stopped).then(() => null);
@@ -183,50 +278,54 @@ class RelayClient implements Relay {
         session.close("relay shutting down");
         break;
       }
-
-      this.#sessions.add(session);
-      this.#log.info("connected to matcher", { matcher: this.#matcher, slot, sessions: this.#sessions.size });
-      this.#wakeConnectedWaiters();
-      const reason = await session.closed;
-      this.#sessions.delete(session);
+      if (this.#channel === "pool") {
+        // A pool session is replaced as soon as it is taken, not when it ends.
+        failures = 0;
+        await Promise.race([used, session.closed]);
+        continue;
+      }
+      await session.closed;
       if (this.#stopping) break;
-
-      // A session that ends at once (matcher refusing us) must not cause a
+      // A session that ends at once (a matcher refusing us) must not cause a
       // reconnect storm; only a session that lasted resets the backoff.
       const lasted = Date.now() - session.stats().since;
       failures = lasted >= STABLE_SESSION ? 0 : failures + 1;
       const pause = failures === 0 ? 0 : backoffDelay(failures, this.#options.reconnectMax ?? 30_000);
-      const log = session.closeError ? this.#log.warn : this.#log.info;
-      log("session to matcher ended", {
-        matcher: this.#matcher,
-        slot,
-        reason,
-        sessions: this.#sessions.size,
-        retry_in: formatDuration(pause),
-      });
       if (pause > 0) await sleep(pause, this.#stopped);
     }
   }
 
-  async #dial(): Promise<Session> {
+  /** Dials a matcher and completes the handshake (and, except for data sessions, registration). */
+  async #dial(
+    target: Target,
+    channel: Channel | "data",
+    extra: { ticket?: string; onFirstStream?: () => void } = {},
+  ): Promise<Session> {
     const options = this.#options;
     const timeout = options.connectTimeout ?? 10_000;
     const conn = await withTimeout(
-      options.transport.connect({ hostname: options.matcherHost ?? "localhost", port: options.matcherPort ?? 6543 }),
+      options.transport.connect({ hostname: target.host, port: target.port }),
       timeout,
       `no connection within ${formatDuration(timeout)}`,
       (late) => late.close(),
     );
+    let first = true;
     const session = new Session(conn, {
       side: "dialer",
-      hello: { role: "relay", software: `o3sr/${VERSION}` },
+      hello: { role: "relay", software: `o3sr/${VERSION}`, channel, ...(extra.ticket ? { ticket: extra.ticket } : {}) },
       checkHello: (hello) => {
         if (hello.role !== "matcher") {
           throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a matcher`);
         }
       },
-      answer: (hello) => this.#answer(hello),
-      onStream: (stream) => this.#serve(stream),
+      answer: (hello) => this.#answer(hello, target),
+      onStream: (stream) => {
+        if (first && !stream.meta.dial) {
+          first = false;
+          extra.onFirstStream?.();
+        }
+        this.#serve(stream, target);
+      },
       ...tunablesOf(options),
     });
     try {
@@ -238,17 +337,78 @@ class RelayClient implements Relay {
       if (error instanceof ProtocolError && error.code === "auth") throw new RefusedError(error.message);
       throw new Error(`handshake failed: ${session.closeReason}`);
     }
+    if (channel === "data") return session;
+    try {
+      await this.#register(session, target);
+    } catch (error) {
+      session.close("registration failed");
+      throw error;
+    }
+    this.#sessions.add(session);
+    this.#log.info(
+      `connected to ${target.label} (${this.#sessions.size} session${this.#sessions.size === 1 ? "" : "s"})`,
+      {
+        channel,
+      },
+    );
+    this.#emit("connected", { matcher: target.label, sessions: this.#sessions.size });
+    this.#wakeConnectedWaiters();
+    session.closed.then((reason) => {
+      this.#sessions.delete(session);
+      if (this.#stopping) return;
+      const log = session.closeError ? this.#log.warn : this.#log.info;
+      log(`session to ${target.label} ended (${this.#sessions.size} left)`, { reason });
+      this.#emit("disconnected", { matcher: target.label, reason, sessions: this.#sessions.size });
+    });
     return session;
   }
 
+  /** Tells the matcher which services this session serves; learns their public ports. */
+  async #register(session: Session, target: Target): Promise<void> {
+    const names = [...this.#destinations.keys()];
+    const stream = session.openStream({ register: names.map((name) => ({ name })) });
+    const chunks: Uint8Array[] = [];
+    for (let chunk = await stream.read(); chunk !== null; chunk = await stream.read()) chunks.push(chunk);
+    stream.close();
+    let reply: { services?: Record<string, { port?: number; error?: string }> };
+    try {
+      reply = JSON.parse(new TextDecoder().decode(concat(chunks)));
+    } catch {
+      throw new Error("the matcher answered the service registration with something that is not JSON");
+    }
+    for (const name of names) {
+      const result = reply.services?.[name];
+      if (result?.port === undefined) {
+        // Logged once per matcher, not at every reconnect.
+        const key = `${target.label} ${name}`;
+        if (!this.#unpublished.has(key)) {
+          this.#unpublished.add(key);
+          this.#log.error(`service ${name} not published`, {
+            matcher: target.label,
+            reason: result?.error ?? "no answer",
+          });
+        }
+        continue;
+      }
+      const address = formatAddr({ hostname: target.host, port: result.port });
+      const known = this.#published.get(name) ?? new Set();
+      if (!known.has(address)) {
+        known.add(address);
+        this.#published.set(name, known);
+        this.#log.info(`${name} is reachable at ${address}`);
+        this.#emit("registered", { matcher: target.label, service: name, address });
+      }
+    }
+  }
+
   /** Answers the matcher's token challenge; null when it sent none. */
-  #answer(hello: Hello): Promise<Record<string, unknown>> | null {
+  #answer(hello: Hello, target: Target): Promise<Record<string, unknown>> | null {
     const nonce = (hello.auth as { nonce?: unknown } | undefined)?.nonce;
     const token = this.#options.token ?? null;
     if (typeof nonce !== "string") {
       if (token !== null && !this.#warnedNoAuth) {
         this.#warnedNoAuth = true;
-        this.#log.warn("matcher does not ask for a token; is it the one you meant?", { matcher: this.#matcher });
+        this.#log.warn("matcher does not ask for a token; is it the one you meant?", { matcher: target.label });
       }
       return null;
     }
@@ -256,57 +416,95 @@ class RelayClient implements Relay {
     return answerChallenge(token, nonce, AUTH_CONTEXT).then((proof) => ({ proof }));
   }
 
-  async #serve(stream: Stream): Promise<void> {
+  // ---- Streams ----
+
+  async #serve(stream: Stream, target: Target): Promise<void> {
+    if (stream.meta.dial !== undefined) return this.#dialForEvent(stream, target);
+    const service = typeof stream.meta.service === "string" ? stream.meta.service : DEFAULT_SERVICE;
+    const client = typeof stream.meta.client === "string" ? stream.meta.client : undefined;
+    const destination = this.#destinations.get(service);
+    if (!destination) return stream.reset(`unreachable: this relay has no service "${service}"`);
     this.#streams.add(stream);
     this.#totalStreams++;
-    const client = typeof stream.meta.client === "string" ? stream.meta.client : undefined;
     const started = Date.now();
+    let up = 0, down = 0, failure: string | undefined;
     try {
       if (this.#options.handler) {
+        stream.accept();
+        this.#emit("stream-open", { service, client, stream });
         await this.#options.handler(stream);
         return;
       }
-      const destination = await this.#dialDestination().catch((error) => {
+      const conn = await this.#connectDestination(destination).catch((error) => {
         this.#failedStreams++;
-        const reason = `destination ${this.#destination} unreachable: ${errorMessage(error)}`;
-        this.#log.warn("stream refused", { stream: stream.id, client, reason });
+        const reason = `unreachable: ${destination.host}:${destination.port}: ${errorMessage(error)}`;
+        this.#log.warn("stream refused", { stream: stream.id, service, client, reason });
         stream.reset(reason);
         return null;
       });
-      if (destination === null) return;
-      const result = await pipe(stream, destination, { idleTimeout: this.#options.idleTimeout });
+      if (conn === null) return;
+      stream.accept();
+      this.#emit("stream-open", { service, client, stream });
+      if (destination.proxyProtocol) {
+        const source = (client && parseHostPort(client)) || { hostname: "unknown", port: 0 };
+        await conn.write(proxyHeader(destination.proxyProtocol, source, conn.remoteAddr));
+      }
+      const result = await pipe(stream, conn, { idleTimeout: this.#options.idleTimeout });
+      up = result.aToB;
+      down = result.bToA;
+      failure = result.error ? errorMessage(result.error) : undefined;
       const fields = {
         stream: stream.id,
+        service,
         client,
-        destination: formatAddr(destination.remoteAddr),
-        up: formatBytes(result.aToB),
-        down: formatBytes(result.bToA),
+        up: formatBytes(up),
+        down: formatBytes(down),
         time: formatDuration(Date.now() - started),
-        error: result.error ? errorMessage(result.error) : undefined,
+        error: failure,
       };
-      if (result.error) this.#log.warn("stream failed", fields);
+      if (failure) this.#log.warn("stream failed", fields);
       else this.#log.debug("stream done", fields);
     } catch (error) {
-      this.#log.warn("stream handler failed", { stream: stream.id, client, error: errorMessage(error) });
-      stream.reset(`handler failed: ${errorMessage(error)}`);
+      failure = errorMessage(error);
+      this.#log.warn("stream handler failed", { stream: stream.id, service, client, error: failure });
+      stream.reset(`handler failed: ${failure}`);
     } finally {
       this.#streams.delete(stream);
+      this.#emit("stream-close", { service, client, up, down, error: failure });
     }
   }
 
-  get #destination(): string {
-    return `${this.#options.destHost ?? "localhost"}:${this.#options.destPort ?? 80}`;
+  /** Event channel: the matcher asks for a fresh session for one client. */
+  async #dialForEvent(request: Stream, target: Target): Promise<void> {
+    const ticket = String(request.meta.dial);
+    request.reset("dialing");
+    try {
+      const session = await this.#dial(target, "data", { ticket });
+      this.#dataSessions.add(session);
+      session.closed.then(() => this.#dataSessions.delete(session));
+    } catch (error) {
+      this.#log.warn("could not open a session for a client", { matcher: target.label, error: errorMessage(error) });
+    }
   }
 
-  #dialDestination(): Promise<Conn> {
-    const options = this.#options;
-    const timeout = options.connectTimeout ?? 10_000;
+  #connectDestination(destination: Destination): Promise<Conn> {
+    const timeout = this.#options.connectTimeout ?? 10_000;
     return withTimeout(
-      options.transport.connect({ hostname: options.destHost ?? "localhost", port: options.destPort ?? 80 }),
+      this.#options.transport.connect({ hostname: destination.host, port: destination.port }),
       timeout,
       `no connection within ${formatDuration(timeout)}`,
       (late) => late.close(),
     );
+  }
+
+  // ---- Helpers ----
+
+  #describeServices(): string {
+    return [...this.#destinations].map(([name, d]) => `${name}=${d.host}:${d.port}`).join(",");
+  }
+
+  #emit<K extends keyof RelayEventMap>(type: K, detail: RelayEventMap[K]): void {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
   #wakeConnectedWaiters(): void {
@@ -317,4 +515,14 @@ class RelayClient implements Relay {
       return false;
     });
   }
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
 }

@@ -420,6 +420,41 @@ describe("session streams", () => {
   );
 
   test(
+    "accept: the receiver acknowledges with CONNECT; a reset before that rejects accepted",
+    scoped(async (scope) => {
+      const { acceptor } = await readyPair(scope, {
+        dialer: {
+          onStream: (stream) => {
+            if (stream.meta.refuse) return stream.reset("unreachable: no destination");
+            stream.accept({ via: "dialer" });
+            echoStream(stream);
+          },
+        },
+      });
+      const good = acceptor.openStream({});
+      assert.deepEqual(await good.accepted, { via: "dialer" });
+      const data = pseudoRandomBytes(5000, 23);
+      assert.ok(Buffer.from(await roundTrip(good, data)).equals(Buffer.from(data)));
+      const refused = acceptor.openStream({ refuse: true });
+      await assert.rejects(refused.accepted, /reset by peer: unreachable: no destination/);
+      assert.throws(() => good.accept(), /only the receiving side accepts/);
+    }),
+  );
+
+  test(
+    "accepting twice, or acknowledging a stream the peer opened itself, is a protocol error",
+    scoped(async (scope) => {
+      const { session, peer } = await rawPair(scope, { side: "acceptor", onStream: () => {} });
+      await rawHandshake(session, peer);
+      const stream = session.openStream();
+      await peer.send(encodeFrame(FrameType.CONNECT, stream.id));
+      await stream.accepted;
+      await peer.send(encodeFrame(FrameType.CONNECT, stream.id));
+      assert.match(await within(session.closed, 3000, "closed"), /accepted stream 1 twice/);
+    }),
+  );
+
+  test(
     "an onStream handler that throws resets its stream, not the session",
     scoped(async (scope) => {
       let calls = 0;
@@ -1140,19 +1175,20 @@ const badCases: BadCase[] = [
     reason: /TRAFFIC on stream 0$/,
   },
   {
+    // A CONNECT on one of our ids acknowledges our stream; for one never opened it is an error.
     name: "CONNECT with an odd id from the dialer",
     handshake: true,
     frames: [encodeFrame(FrameType.CONNECT, 3)],
-    code: "bad-frame",
-    reason: /opened stream 3, but its stream ids are even/,
+    code: "unknown-stream",
+    reason: /peer sent CONNECT for stream 3, which was never opened/,
   },
   {
     name: "CONNECT with an even id from the acceptor",
     side: "dialer",
     handshake: true,
     frames: [encodeFrame(FrameType.CONNECT, 2)],
-    code: "bad-frame",
-    reason: /opened stream 2, but its stream ids are odd/,
+    code: "unknown-stream",
+    reason: /peer sent CONNECT for stream 2, which was never opened/,
   },
   {
     name: "CONNECT with a decreasing id",

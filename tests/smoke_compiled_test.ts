@@ -65,7 +65,7 @@ describe(
       try {
         const version = execFileSync(binary, ["--version"]).toString().trim();
         assert.match(version, /^o3sr \d+\.\d+\.\d+ \((bun|deno) [\d.]+, [a-z]+-[a-z0-9]+\)$/);
-        await relay.waitForLog(/connected to matcher/);
+        await relay.waitForLog(/connected to /);
         const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
         const data = pseudoRandomBytes(4 * 1024 * 1024, 11);
         const [, got] = await Promise.all([writeAll(conn, data), readAll(conn)]);

@@ -299,7 +299,7 @@ export class Session implements StreamHost {
       throw new Error("Cannot open stream: this session has used all stream ids; a new session is needed");
     }
     this.#nextId += 2;
-    const stream = new Stream(this, id, this.#window, this.#peerHello!.window, meta);
+    const stream = new Stream(this, id, this.#window, this.#peerHello!.window, meta, true);
     this.#streams.set(id, stream);
     this.#stats.totalStreams++;
     this.writer.frame(FrameType.CONNECT, id, meta ? encoder.encode(JSON.stringify(meta)) : EMPTY);
@@ -383,7 +383,8 @@ export class Session implements StreamHost {
     if (this.#state !== "open") {
       throw new ProtocolError("handshake", `peer sent ${frameTypeName(type)} before the handshake completed`);
     }
-    if (type === FrameType.CONNECT) return this.#acceptStream(streamId, payload);
+    const ours = streamId % 2 === (this.#options.side === "acceptor" ? 1 : 0);
+    if (type === FrameType.CONNECT && !ours) return this.#acceptStream(streamId, payload);
     const stream = this.#streams.get(streamId);
     if (stream === undefined) {
       // Frames for a stream that ended a moment ago cross on the wire; ids only
@@ -395,6 +396,8 @@ export class Session implements StreamHost {
       );
     }
     switch (type) {
+      case FrameType.CONNECT:
+        return stream.receiveAccept(parseMeta(streamId, payload));
       case FrameType.TRAFFIC:
         return stream.receiveData(payload);
       case FrameType.WINDOW:
@@ -535,31 +538,11 @@ export class Session implements StreamHost {
   }
 
   #acceptStream(id: number, payload: Uint8Array): void {
-    const peerParity = this.#options.side === "acceptor" ? 0 : 1;
-    if (id % 2 !== peerParity) {
-      throw new ProtocolError(
-        "bad-frame",
-        `peer opened stream ${id}, but its stream ids are ${peerParity ? "odd" : "even"}`,
-      );
-    }
     if (id <= this.#lastPeerId) {
       throw new ProtocolError("bad-frame", `peer opened stream ${id} after ${this.#lastPeerId}; ids must grow`);
     }
     this.#lastPeerId = id;
-    let meta: Record<string, unknown> = {};
-    if (payload.length > 0) {
-      try {
-        meta = JSON.parse(decoder.decode(payload));
-      } catch {
-        throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${id} with a payload that is not JSON`);
-      }
-      if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
-        throw new ProtocolError(
-          "bad-frame",
-          `peer sent CONNECT for stream ${id} with a payload that is not a JSON object`,
-        );
-      }
-    }
+    const meta = parseMeta(id, payload);
     const maxStreams = this.#options.maxStreams ?? SESSION_DEFAULTS.maxStreams;
     let refusal = "";
     if (this.#sentGoAway) refusal = "going away";
@@ -662,4 +645,19 @@ export class Session implements StreamHost {
     }
     this.#resolveClosed(reason);
   }
+}
+
+/** Reads a CONNECT payload: empty, or a JSON object. */
+function parseMeta(id: number, payload: Uint8Array): Record<string, unknown> {
+  if (payload.length === 0) return {};
+  let meta: unknown;
+  try {
+    meta = JSON.parse(decoder.decode(payload));
+  } catch {
+    throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${id} with a payload that is not JSON`);
+  }
+  if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+    throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${id} with a payload that is not a JSON object`);
+  }
+  return meta as Record<string, unknown>;
 }

@@ -24,6 +24,8 @@ export interface StreamHost {
   countBytes(sent: number, received: number): void;
 }
 
+const encoder = new TextEncoder();
+
 interface Waiter<T> {
   resolve(value: T): void;
   reject(error: Error): void;
@@ -59,9 +61,26 @@ export class Stream implements Conn {
 
   #error: Error | null = null;
   #released = false;
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
   #resolveClosed!: () => void;
   /** Resolves once both sides finished or the stream was reset. */
   readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+
+  // Acknowledgement: the receiver answers CONNECT with a CONNECT once it is
+  // ready (its destination connected), so the opener knows nothing was lost.
+  readonly #openedHere: boolean;
+  #acknowledged = false;
+  #resolveAccepted!: (meta: Record<string, unknown>) => void;
+  #rejectAccepted!: (error: Error) => void;
+  /**
+   * For a stream opened here: resolves with the peer's CONNECT metadata once
+   * it accepted the stream; rejects if it was reset first.
+   */
+  readonly accepted: Promise<Record<string, unknown>> = new Promise((resolve, reject) => {
+    this.#resolveAccepted = resolve;
+    this.#rejectAccepted = reject;
+  });
 
   /**
    * @param host the session carrying this stream
@@ -69,6 +88,7 @@ export class Stream implements Conn {
    * @param window receive window this side granted the peer
    * @param sendWindow initial credit the peer granted this side
    * @param meta metadata from CONNECT
+   * @param openedHere whether this side sent the CONNECT
    */
   constructor(
     host: StreamHost,
@@ -76,6 +96,7 @@ export class Stream implements Conn {
     window: number,
     sendWindow: number,
     meta: Record<string, unknown> = {},
+    openedHere = false,
   ) {
     this.#host = host;
     this.id = id;
@@ -83,6 +104,21 @@ export class Stream implements Conn {
     this.#recvCredit = window;
     this.#sendCredit = sendWindow;
     this.meta = meta;
+    this.#openedHere = openedHere;
+    this.accepted.catch(() => {}); // also reported by read() and write()
+  }
+
+  /**
+   * Tells the opener this side is ready for the stream (sends CONNECT back).
+   *
+   * @param meta optional metadata for the opener
+   * @throws {Error} on a stream this side opened
+   */
+  accept(meta?: Record<string, unknown>): void {
+    if (this.#openedHere) throw new Error(`stream ${this.id}: only the receiving side accepts a stream`);
+    if (this.#acknowledged || this.#released) return;
+    this.#acknowledged = true;
+    this.#host.writer.frame(FrameType.CONNECT, this.id, meta ? encoder.encode(JSON.stringify(meta)) : undefined);
   }
 
   /** The session's local address. */
@@ -100,6 +136,33 @@ export class Stream implements Conn {
     let total = 0;
     for (const chunk of this.#chunks) total += chunk.length;
     return total;
+  }
+
+  /**
+   * The incoming bytes as a web `ReadableStream`, made on first use; use
+   * either it or `read()`, not both. Cancelling it resets the stream.
+   */
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#readable ??= new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        const chunk = await this.read();
+        if (chunk === null) controller.close();
+        else controller.enqueue(chunk);
+      },
+      cancel: (reason) => this.reset(`cancelled: ${reason ?? "by reader"}`),
+    }, { highWaterMark: 0 });
+  }
+
+  /**
+   * The outgoing direction as a web `WritableStream`, made on first use.
+   * Closing it half-closes the stream; aborting it resets the stream.
+   */
+  get writable(): WritableStream<Uint8Array> {
+    return this.#writable ??= new WritableStream<Uint8Array>({
+      write: (chunk) => this.write(chunk),
+      close: () => this.closeWrite(),
+      abort: (reason) => this.reset(`aborted: ${reason ?? "by writer"}`),
+    }, { highWaterMark: 1 });
   }
 
   /** Whether the stream is still open in at least one direction. */
@@ -168,7 +231,7 @@ export class Stream implements Conn {
   /** Aborts the stream in both directions; the peer sees a reset with `reason`. */
   reset(reason = "reset"): void {
     if (this.#released) return;
-    this.#host.writer.frame(FrameType.DISCONNECT, this.id, new TextEncoder().encode(reason));
+    this.#host.writer.frame(FrameType.DISCONNECT, this.id, encoder.encode(reason));
     this.#chunks = [];
     this.#release(new StreamResetError(`stream ${this.id} reset locally: ${reason}`));
   }
@@ -229,6 +292,16 @@ export class Stream implements Conn {
     this.#finishIfDone();
   }
 
+  /** The peer accepted a stream this side opened. */
+  receiveAccept(meta: Record<string, unknown>): void {
+    if (!this.#openedHere) {
+      throw new ProtocolError("bad-frame", `peer sent CONNECT for stream ${this.id}, which it opened itself`);
+    }
+    if (this.#acknowledged) throw new ProtocolError("bad-frame", `peer accepted stream ${this.id} twice`);
+    this.#acknowledged = true;
+    this.#resolveAccepted(meta);
+  }
+
   /** The peer reset the stream (DISCONNECT). Bytes that arrived before stay readable. */
   receiveReset(reason: string): void {
     this.#release(new StreamResetError(`stream ${this.id} reset by peer${reason ? `: ${reason}` : ""}`));
@@ -280,6 +353,7 @@ export class Stream implements Conn {
       waiter.reject(error ?? new ConnectionClosedError(`stream ${this.id} closed`));
     }
     this.#host.release(this);
+    this.#rejectAccepted(error ?? new ConnectionClosedError(`stream ${this.id} closed before it was accepted`));
     this.#resolveClosed();
   }
 }
