@@ -22,6 +22,7 @@ import {
   type Role,
   type Settings,
 } from "./config.ts";
+import { describeSettings, exampleConfig } from "./config_file.ts";
 import { runDemo } from "./demo.ts";
 import { errorMessage, UsageError } from "./errors.ts";
 import { createLogger, formatBytes, formatDuration, type Logger } from "./log.ts";
@@ -31,7 +32,7 @@ import { startRelay } from "./relay.ts";
 import { VERSION } from "./version.ts";
 
 /** Commands, with O3SR's `client` as another name for `relay`. */
-const COMMANDS = ["matcher", "relay", "client", "demo", "help", "version"] as const;
+const COMMANDS = ["matcher", "relay", "client", "demo", "config", "init", "help", "version"] as const;
 
 /** Something that runs until closed. */
 interface Running {
@@ -60,6 +61,9 @@ export async function runCli(args: string[], platform: Platform): Promise<number
     platform.stdout(fullHelp(invocation.command));
     return 0;
   }
+  if (invocation.tool?.kind === "init") {
+    return await writeExampleConfig(platform, invocation.tool.file, invocation.tool.force);
+  }
 
   let settings: Settings;
   let configPath: string | null;
@@ -69,6 +73,15 @@ export async function runCli(args: string[], platform: Platform): Promise<number
     return usageFailure(platform, error);
   }
   const mode = invocation.command ?? settings.mode;
+  if (invocation.tool?.kind === "check") {
+    try {
+      if (mode === "matcher" || mode === "relay") checkRole(mode, settings);
+    } catch (error) {
+      return usageFailure(platform, error);
+    }
+    platform.stdout(describeSettings(configPath!, mode, settings));
+    return 0;
+  }
   if (mode === null) {
     if (args.length === 0) {
       platform.stdout(shortHelp());
@@ -81,6 +94,11 @@ export async function runCli(args: string[], platform: Platform): Promise<number
   if (configPath) log.debug("config loaded", { file: configPath });
   let running: Running;
   try {
+    if (mode === "matcher" || mode === "relay") checkRole(mode, settings);
+  } catch (error) {
+    return usageFailure(platform, error);
+  }
+  try {
     running = await start(mode, settings, platform, log);
   } catch (error) {
     platform.stderr(`o3sr: ${errorMessage(error)}`);
@@ -88,6 +106,23 @@ export async function runCli(args: string[], platform: Platform): Promise<number
   }
   await waitForShutdown(platform, log, running, settings.drainTimeout);
   return 0;
+}
+
+/**
+ * Checks what one role needs from the settings.
+ *
+ * @throws {UsageError} naming the setting
+ */
+function checkRole(mode: Role, settings: Settings): void {
+  if (mode === "relay") {
+    for (const service of settings.services) {
+      if (service.destPort === undefined) {
+        throw new UsageError(
+          `service "${service.name}" has no destination for a relay: write it as ${service.name}=HOST:PORT, or give dest_port`,
+        );
+      }
+    }
+  }
 }
 
 function start(mode: Role | "demo", settings: Settings, platform: Platform, log: Logger): Promise<Running> {
@@ -123,6 +158,8 @@ function waitForShutdown(platform: Platform, log: Logger, running: Running, drai
 
 interface Invocation {
   command: Role | "demo" | null;
+  /** `config check FILE` or `init [FILE]`. */
+  tool: { kind: "check" } | { kind: "init"; file: string | undefined; force: boolean } | null;
   help: boolean;
   version: boolean;
   configFile: string | undefined;
@@ -137,6 +174,7 @@ function parseInvocation(args: string[]): Invocation {
     version: { type: "boolean", short: "v" },
     matcher: { type: "boolean", short: "m" },
     client: { type: "boolean", short: "c" },
+    force: { type: "boolean" },
   };
   for (const option of OPTIONS) {
     options[option.flag] = option.type === "bool"
@@ -153,9 +191,28 @@ function parseInvocation(args: string[]): Invocation {
   const values = parsed.values as Record<string, string | string[] | boolean | undefined>;
 
   let command: Invocation["command"] = null;
+  let tool: Invocation["tool"] = null;
   let help = values.help === true;
   let version = values.version === true;
-  const [first, ...rest] = parsed.positionals;
+  let configFile = values.config as string | undefined;
+  let first: string | undefined = parsed.positionals[0];
+  let rest = parsed.positionals.slice(1);
+  if (first === "config") {
+    if (rest[0] !== "check") throw new UsageError("`o3sr config` takes one subcommand: `o3sr config check FILE`");
+    configFile = rest[1] ?? configFile;
+    if (configFile === undefined) {
+      throw new UsageError("`o3sr config check` needs the file to check: `o3sr config check FILE`");
+    }
+    tool = { kind: "check" };
+    first = undefined;
+    rest = rest.slice(2);
+  } else if (first === "init") {
+    tool = { kind: "init", file: rest[0], force: values.force === true };
+    first = undefined;
+    rest = rest.slice(1);
+  } else if (values.force) {
+    throw new UsageError("--force only goes with `o3sr init`");
+  }
   if (first !== undefined) {
     if (!(COMMANDS as readonly string[]).includes(first)) {
       const hint = closest(first, COMMANDS);
@@ -196,7 +253,7 @@ function parseInvocation(args: string[]): Invocation {
       flags.set(option, value);
     }
   }
-  return { command, help, version, configFile: values.config as string | undefined, flags };
+  return { command, tool, help, version, configFile, flags };
 }
 
 function describeParseError(error: unknown, known: string[]): string {
@@ -236,6 +293,27 @@ async function resolveSettings(
   }
   checkSettings(settings as unknown as Settings);
   return { settings: settings as unknown as Settings, configPath: file?.path ?? null };
+}
+
+/** `o3sr init [FILE]`: writes the commented example config, never over an existing file without --force. */
+async function writeExampleConfig(platform: Platform, file: string | undefined, force: boolean): Promise<number> {
+  const home = platform.homeDir();
+  const xdg = platform.env("XDG_CONFIG_HOME") || (home ? `${home}/.config` : undefined);
+  const path = file ?? (xdg ? `${xdg}/o3sr/config.yml` : undefined);
+  if (path === undefined) {
+    return usageFailure(platform, new UsageError("no home directory: name the file, `o3sr init FILE`"));
+  }
+  try {
+    await platform.writeTextFile(path, exampleConfig(), { overwrite: force });
+  } catch (error) {
+    const exists = (error as { code?: string }).code === "EEXIST";
+    platform.stderr(
+      `o3sr: cannot write ${path}: ${exists ? "it exists; add --force to replace it" : errorMessage(error)}`,
+    );
+    return exists ? 2 : 1;
+  }
+  platform.stdout(`wrote ${path}; edit it, then check it with \`o3sr config check ${path}\``);
+  return 0;
 }
 
 function usageFailure(platform: Platform, error: unknown): number {
@@ -325,7 +403,9 @@ Usage:
   o3sr matcher [options]     the public hub: relays dial in, users connect
   o3sr relay [options]       behind NAT: dial the matcher, forward streams to the destination
   o3sr demo [options]        matcher, relay and an echo service on loopback, in one process
-  o3sr --matcher | --client  O3SR's spelling of matcher | relay (also -m | -c)`,
+  o3sr --matcher | --client  O3SR's spelling of matcher | relay (also -m | -c)
+  o3sr init [FILE] [--force] write a commented example config (default ~/.config/o3sr/config.yml)
+  o3sr config check FILE     validate a config and print the effective settings`,
   ];
   if (command !== "relay") parts.push(section("Matcher options", only("matcher")));
   if (command !== "matcher") parts.push(section("Relay options", only("relay")));

@@ -616,6 +616,8 @@ export function checkSettings(settings: Settings): void {
 export function parseValue(option: OptionSpec, raw: unknown, source: Source): Value {
   const what = describeSetting(option, source);
   const shown = typeof raw === "string" ? JSON.stringify(raw) : String(raw);
+  // In a file, null unsets an option that is off by default.
+  if (raw === null && option.default === null) return null;
   switch (option.type) {
     case "port":
     case "listen-port": {

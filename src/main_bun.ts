@@ -4,7 +4,8 @@
  * @module
  */
 
-import { readFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { dirname } from "node:path";
 import { homedir } from "node:os";
 import process from "node:process";
 import { runCli } from "./cli.ts";
@@ -31,6 +32,10 @@ const code = await runCli(Bun.argv.slice(2), {
   onShutdownSignal: (handler) => {
     process.on("SIGINT", () => handler("SIGINT"));
     process.on("SIGTERM", () => handler("SIGTERM"));
+  },
+  writeTextFile: async (path, text, { overwrite }) => {
+    await mkdir(dirname(path), { recursive: true });
+    await writeFile(path, text, { flag: overwrite ? "w" : "wx" });
   },
   exit: (code) => process.exit(code),
 });

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { mkdir, writeFile } from "node:fs/promises";
+import { dirname } from "node:path";
 import { runCli } from "./cli.ts";
 import { targetName } from "./platform.ts";
 import { denoTransport } from "./transport/deno.ts";
@@ -27,6 +29,10 @@ const code = await runCli(Deno.args, {
     Deno.addSignalListener("SIGINT", () => handler("SIGINT"));
     // Windows has no SIGTERM listener; Ctrl-C (SIGINT) is what it sends.
     if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", () => handler("SIGTERM"));
+  },
+  writeTextFile: async (path, text, { overwrite }) => {
+    await mkdir(dirname(path), { recursive: true });
+    await writeFile(path, text, { flag: overwrite ? "w" : "wx" });
   },
   exit: (code) => Deno.exit(code),
 });

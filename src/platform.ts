@@ -32,6 +32,11 @@ export interface Platform extends ConfigSystem {
   onShutdownSignal(handler: (signal: string) => void): void;
   /** Ends the process at once. */
   exit(code: number): void;
+  /**
+   * Writes a text file, creating its directory. Without `overwrite`, an
+   * existing file is an error whose `code` is `EEXIST`.
+   */
+  writeTextFile(path: string, text: string, options: { overwrite: boolean }): Promise<void>;
 }
 
 /** Maps runtime OS/arch names to release target names (`linux-x64`). */

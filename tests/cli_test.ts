@@ -40,6 +40,14 @@ function fakeRun(
     stdout: (line) => out.push(line),
     stderr: (line) => err.push(line),
     onShutdownSignal: (h) => handlers.push(h),
+    writeTextFile: (path, text, { overwrite }) => {
+      setup.files ??= {};
+      if (path in setup.files && !overwrite) {
+        return Promise.reject(Object.assign(new Error("exists"), { code: "EEXIST" }));
+      }
+      setup.files[path] = text;
+      return Promise.resolve();
+    },
     exit: (code) => {
       throw new Error(`exit(${code})`);
     },
@@ -165,6 +173,53 @@ describe("cli: bad input is one clear line and exit code 2", () => {
     expectUsageError(["matcher"], /cannot read config \/home\/user\/.o3sr.yml: permission denied/, {
       files: { "/home/user/.o3sr.yml": new Error("permission denied") },
     }));
+});
+
+describe("cli: init and config check", () => {
+  test("init writes a commented example; it never overwrites without --force", async () => {
+    const files: Record<string, string> = {};
+    const run = fakeRun(["init"], { files, env: { XDG_CONFIG_HOME: "/xdg" } });
+    assert.equal(await run.code, 0);
+    assert.match(run.out[0], /^wrote \/xdg\/o3sr\/config.yml/);
+    assert.match(files["/xdg/o3sr/config.yml"], /^# relay_port: 6543 +# port relays dial in to$/m);
+    const again = fakeRun(["init", "/xdg/o3sr/config.yml"], { files });
+    assert.equal(await again.code, 2);
+    assert.match(again.err[0], /it exists; add --force to replace it/);
+    const forced = fakeRun(["init", "/xdg/o3sr/config.yml", "--force"], { files });
+    assert.equal(await forced.code, 0);
+  });
+
+  test("the example config, with every setting uncommented, passes config check", async () => {
+    const files: Record<string, string> = {};
+    assert.equal(await fakeRun(["init", "/c.yml"], { files }).code, 0);
+    const uncommented = files["/c.yml"].split("\n")
+      .filter((line) => /^# [a-z_]+: /.test(line) && !/^# (mode|services|tokens):/.test(line))
+      .map((line) => line.slice(2))
+      .join("\n");
+    files["/all.yml"] = uncommented;
+    const check = fakeRun(["config", "check", "/all.yml"], { files });
+    assert.equal(await check.code, 0, check.err.join("\n"));
+    assert.match(check.out[0], /^# \/all.yml is valid/);
+    assert.ok(uncommented.split("\n").length >= 30, "every option is in the example");
+  });
+
+  test("config check prints effective settings, hides secrets, and fails with one line on errors", async () => {
+    const files = {
+      "/r.yml":
+        "mode: relay\nmatcher_host: hub.example.com\ntoken: do-not-print-me\nservices:\n  - web=127.0.0.1:3000\n",
+      "/bad.yml": "mode: relay\nservices:\n  - web=8080\n",
+    };
+    const good = fakeRun(["config", "check", "/r.yml"], { files });
+    assert.equal(await good.code, 0);
+    const text = good.out.join("\n");
+    assert.match(text, /^matcher_host: hub.example.com$/m);
+    assert.match(text, /^connections: 2 +# default$/m);
+    assert.match(text, /^token: \(set, not shown\)$/m);
+    assert.match(text, /"dest_host":"127.0.0.1"/);
+    assert.ok(!text.includes("do-not-print-me"));
+    await expectUsageError(["config", "check", "/bad.yml"], /service "web" has no destination for a relay/, { files });
+    await expectUsageError(["config", "check"], /needs the file to check/);
+  });
 });
 
 describe("cli: security settings", () => {
