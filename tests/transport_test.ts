@@ -1,107 +1,86 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { acceptInBackground } from "../src/transport/accept.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
-import { ConnectionClosedError, type Transport } from "../src/transport/types.ts";
-import { echo, pseudoRandomBytes, readAll, readExactly, runtime, serve, settlesWithin, sha256, tcp, writeAll } from "./_helpers.ts";
+import type { Addr, Conn, Transport } from "../src/transport/types.ts";
+import { conformance } from "./_conformance.ts";
+import { delay, runtime, settlesWithin, tcp } from "./_helpers.ts";
 
 const transports: Array<[string, () => Transport]> = [[`tcp (${runtime})`, tcp], ["memory", memoryTransport]];
 
-for (const [name, make] of transports) {
-  describe(`transport conformance: ${name}`, () => {
-    test("listen on port 0 reports the real port; echo round trip", async () => {
-      const transport = make();
-      const server = await serve(transport, echo);
-      assert.ok(server.port > 0);
-      const conn = await transport.connect({ hostname: "127.0.0.1", port: server.port });
-      assert.equal(conn.remoteAddr.port, server.port);
-      const data = pseudoRandomBytes(100_000, 7);
-      await conn.write(data);
-      assert.deepEqual(await readExactly(conn, data.length), data);
-      await conn.closeWrite();
-      assert.equal(await conn.read(), null);
-      conn.close();
-      server.close();
-    });
+for (const [name, make] of transports) conformance(name, make);
 
-    test("half-close: the writer shuts down and still receives the full reply", async () => {
-      const transport = make();
-      const reply = pseudoRandomBytes(3 * 1024 * 1024, 3);
-      const server = await serve(transport, async (conn) => {
-        const request = await readAll(conn); // until the client's FIN
-        assert.equal(request.length, 5);
-        await writeAll(conn, reply);
-        conn.close();
-      });
-      const conn = await transport.connect({ hostname: "127.0.0.1", port: server.port });
-      await conn.write(new TextEncoder().encode("hello"));
-      await conn.closeWrite();
-      const got = await readAll(conn);
-      assert.equal(await sha256(got), await sha256(reply));
-      conn.close();
-      server.close();
-    });
+describe("acceptInBackground: handshakes off the accept loop", () => {
+  // Each raw connection's first byte says what its handshake does: "h" hangs, "f" fails, else it succeeds.
+  async function handshake(conn: Conn): Promise<Conn> {
+    const first = await conn.read();
+    if (first === null) throw new Error("peer left during the handshake");
+    if (first[0] === 0x66) throw new Error("bad handshake");
+    if (first[0] === 0x68) await new Promise(() => {});
+    return conn;
+  }
 
-    test("write backpressure: writes stall while the peer does not read", async () => {
-      const transport = make();
-      let release!: () => void;
-      const released = new Promise<void>((r) => release = r);
-      let received = 0;
-      const server = await serve(transport, async (conn) => {
-        await released;
-        received = (await readAll(conn)).length;
-        conn.close();
-      });
-      const conn = await transport.connect({ hostname: "127.0.0.1", port: server.port });
-      const chunk = new Uint8Array(1024 * 1024);
-      let written = 0;
-      let stalled = false;
-      // Loopback kernels buffer a few MiB at most; 256 MiB can never fit.
-      while (written < 256 * 1024 * 1024) {
-        const write = conn.write(chunk);
-        if (!(await settlesWithin(write, 200))) {
-          stalled = true;
-          release();
-          await write;
-          written += chunk.length;
-          break;
-        }
-        written += chunk.length;
-      }
-      assert.ok(stalled, `wrote ${written} bytes without backpressure`);
-      await conn.closeWrite();
-      assert.equal(await conn.read().catch(() => null), null);
-      while (received === 0) await new Promise((r) => setTimeout(r, 10));
-      assert.equal(received, written);
-      conn.close();
-      server.close();
+  async function setup(timeout = 5000) {
+    const transport = memoryTransport();
+    const errors: Array<[string, Addr]> = [];
+    const inner = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+    const listener = acceptInBackground(inner, handshake, {
+      what: "test",
+      timeout,
+      onHandshakeError: (error, remote) => errors.push([error.message, remote]),
     });
+    const dial = async (first: string) => {
+      const conn = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+      await conn.write(new TextEncoder().encode(first));
+      return conn;
+    };
+    return { listener, errors, dial };
+  }
 
-    test("connecting to a closed port fails", async () => {
-      const transport = make();
-      const server = await serve(transport, echo);
-      const port = server.port;
-      server.close();
-      await assert.rejects(transport.connect({ hostname: "127.0.0.1", port }));
-    });
-
-    test("a closed listener accepts nothing more", async () => {
-      const transport = make();
-      const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
-      const pending = listener.accept();
-      listener.close();
-      assert.equal(await pending, null);
-      assert.equal(await listener.accept(), null);
-    });
-
-    test("reading after close() fails with ConnectionClosedError", async () => {
-      const transport = make();
-      const server = await serve(transport, echo);
-      const conn = await transport.connect({ hostname: "127.0.0.1", port: server.port });
-      const pending = conn.read();
-      conn.close();
-      await assert.rejects(pending, ConnectionClosedError);
-      await assert.rejects(conn.write(new Uint8Array(1)), ConnectionClosedError);
-      server.close();
-    });
+  test("a hanging handshake does not delay the next connection", async () => {
+    const { listener, dial } = await setup();
+    const silent = await dial("h");
+    const good = await dial("g");
+    const accepted = listener.accept();
+    assert.ok(await settlesWithin(accepted, 1000), "accept() waited for the hanging handshake");
+    assert.equal((await accepted)!.remoteAddr.port, good.localAddr.port);
+    listener.close();
+    silent.close();
+    good.close();
   });
-}
+
+  test("a failed handshake drops that connection, reports it, and accepting goes on", async () => {
+    const { listener, errors, dial } = await setup();
+    const bad = await dial("f");
+    const good = await dial("g");
+    const conn = await listener.accept();
+    assert.equal(conn!.remoteAddr.port, good.localAddr.port);
+    while (errors.length === 0) await delay(5);
+    assert.equal(errors[0][0], "bad handshake");
+    assert.equal(errors[0][1].port, bad.localAddr.port);
+    await assert.rejects(bad.read());
+    listener.close();
+    good.close();
+  });
+
+  test("a handshake that takes too long is reset and reported", async () => {
+    const { listener, errors, dial } = await setup(100);
+    const silent = await dial("h");
+    while (errors.length === 0) await delay(5);
+    assert.match(errors[0][0], /test handshake from .* did not complete within 100 ms/);
+    await assert.rejects(silent.read());
+    listener.close();
+  });
+
+  test("close() ends accept() and resets connections still in their handshake", async () => {
+    const { listener, errors, dial } = await setup();
+    const pending = listener.accept();
+    const silent = await dial("h");
+    await delay(20);
+    listener.close();
+    assert.equal(await pending, null);
+    assert.equal(await listener.accept(), null);
+    await assert.rejects(silent.read());
+    assert.equal(errors.length, 0, "a closed listener reports nothing");
+  });
+});

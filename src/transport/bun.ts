@@ -1,14 +1,31 @@
 /**
- * TCP transport over `Bun.listen` / `Bun.connect`.
+ * TCP and TLS transport over `Bun.listen` / `Bun.connect` (TLS with their
+ * `tls` options).
  *
  * Bun's sockets are callback-based and unbuffered: `write()` may take only
  * part of a chunk (the rest goes out on `drain`), the `data` buffer must be
  * copied, `allowHalfOpen` keeps a socket writable after the peer's FIN, and
  * `pause()`/`resume()` give read backpressure.
  *
+ * TLS: with a `handshake` handler, `open` fires at TCP connect and
+ * `handshake` once TLS is up, so listeners hand out a connection only from
+ * `handshake` (a timer drops those that never get there) and clients check
+ * the server there (CA and name by Bun, then again here; or the pinned
+ * fingerprint). Half-close works over TLS: `shutdown()` sends close_notify
+ * and FIN, and the socket stays readable.
+ *
  * @module
  */
 
+import * as nodeTlsModule from "node:tls";
+import {
+  checkFingerprint,
+  checkListenTls,
+  DEFAULT_HANDSHAKE_TIMEOUT,
+  handshakeTimeoutError,
+  tlsClientError,
+  tlsVerification,
+} from "./tls.ts";
 import {
   type Addr,
   type Conn,
@@ -33,6 +50,10 @@ export interface BunSocketLike {
   pause(): void;
   resume(): void;
   setNoDelay(noDelay?: boolean): boolean;
+  /** TLS sockets: whether the peer's certificate verified. */
+  readonly authorized?: boolean;
+  /** TLS sockets: the peer's certificate, `raw` being its DER bytes. */
+  getPeerCertificate?(): { raw?: Uint8Array } | null;
 }
 
 /** Socket event handlers, as `Bun.listen`/`Bun.connect` take them. */
@@ -45,6 +66,21 @@ export interface BunHandlers {
   close(socket: BunSocketLike, error?: Error): void;
   error(socket: BunSocketLike, error: Error): void;
   connectError?(socket: BunSocketLike, error: Error): void;
+  handshake?(socket: BunSocketLike, success: boolean, authorizationError: Error | null): void;
+}
+
+/** The `tls` options this adapter passes to `Bun.listen` / `Bun.connect`. */
+export interface BunTlsOptions {
+  cert?: string;
+  key?: string;
+  ca?: string;
+  serverName?: string;
+  rejectUnauthorized?: boolean;
+}
+
+/** The slice of `node:tls` this adapter uses: the same name check Node applies. */
+export interface BunNodeTlsLike {
+  checkServerIdentity(hostname: string, cert: never): Error | undefined;
 }
 
 /** The slice of the `Bun` namespace this adapter uses. */
@@ -53,12 +89,14 @@ export interface BunLike {
     hostname: string;
     port: number;
     allowHalfOpen: boolean;
+    tls?: BunTlsOptions;
     socket: BunHandlers;
   }): { readonly hostname: string; readonly port: number; stop(closeActive?: boolean): void };
   connect(options: {
     hostname: string;
     port: number;
     allowHalfOpen: boolean;
+    tls?: BunTlsOptions;
     data?: unknown;
     socket: BunHandlers;
   }): Promise<BunSocketLike>;
@@ -67,7 +105,19 @@ export interface BunLike {
 // Received bytes held before the socket is paused; one reader drains them.
 const READ_HIGH_WATER = 256 * 1024;
 
+// A TLS socket's end() sends close_notify and keeps the socket open until the
+// peer answers, and from then on it can no longer be aborted: a peer that never
+// answers would hold it forever. So TLS sockets are closed with shutdown(),
+// end() once the peer's close arrived, and terminate() after this many ms.
+const TLS_CLOSE_GRACE = 2000;
+
 type Waiter<T> = { resolve(value: T): void; reject(error: Error): void };
+
+/** Who waits for a TLS socket's handshake, and hears if it closes first. */
+interface HandshakeWatch {
+  handshake(socket: BunSocketLike, success: boolean, authorizationError: Error | null): void;
+  closed(error?: Error): void;
+}
 
 /** One Bun socket as a {@linkcode Conn}. */
 class BunConn implements Conn {
@@ -88,6 +138,12 @@ class BunConn implements Conn {
   #done = false;
   #resolveClosed!: () => void;
   readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  /** Set while a TLS handshake is awaited. */
+  watch: HandshakeWatch | null = null;
+  /** Whether this is a TLS socket. */
+  tls = false;
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
+  #awaitingPeerClose = false;
 
   attach(socket: BunSocketLike): void {
     this.#socket = socket;
@@ -136,7 +192,7 @@ class BunConn implements Conn {
   close(): void {
     if (this.#closedLocally) return;
     this.#closedLocally = true;
-    this.#socket?.end();
+    this.#end();
     this.#release(new ConnectionClosedError("connection closed"));
   }
 
@@ -187,6 +243,12 @@ class BunConn implements Conn {
   }
 
   onEnd(): void {
+    if (this.#awaitingPeerClose) {
+      // Closed here and now by the peer too: end() completes at once.
+      this.#awaitingPeerClose = false;
+      this.#socket?.end();
+      return;
+    }
     if (this.#closedLocally) return;
     this.#eof = true;
     const reader = this.#reader;
@@ -197,7 +259,17 @@ class BunConn implements Conn {
     if (this.#finSent) this.#finish();
   }
 
+  onHandshake(success: boolean, authorizationError: Error | null): void {
+    const watch = this.watch;
+    this.watch = null;
+    if (this.#socket) watch?.handshake(this.#socket, success, authorizationError);
+  }
+
   onClose(error?: Error): void {
+    clearTimeout(this.#graceTimer);
+    const watch = this.watch;
+    this.watch = null;
+    watch?.closed(error);
     // Without an error the peer closed cleanly; after our own FIN, Bun reports
     // the peer's FIN this way instead of through `end`.
     if (!error) this.onEnd();
@@ -214,8 +286,26 @@ class BunConn implements Conn {
 
   /** Both directions ended cleanly: free the socket; unread bytes stay readable. */
   #finish(): void {
-    this.#socket?.end();
+    this.#end();
     this.#release(new ConnectionClosedError("connection closed"));
+  }
+
+  /** Closes gracefully; a TLS socket whose peer does not close too is aborted after a grace period. */
+  #end(): void {
+    const socket = this.#socket;
+    if (socket === null) return;
+    if (!this.tls || this.#eof) {
+      socket.end();
+      return;
+    }
+    if (!this.#finSent) socket.shutdown();
+    // The peer's close must be read to be seen.
+    if (this.#paused) socket.resume();
+    this.#awaitingPeerClose = true;
+    const timer = setTimeout(() => socket.terminate(), TLS_CLOSE_GRACE);
+    // Only a safety net: it must not keep the process alive.
+    (timer as { unref?: () => void }).unref?.();
+    this.#graceTimer = timer;
   }
 
   #fail(error: Error): Error {
@@ -252,6 +342,7 @@ const handlers: BunHandlers = {
   data: (socket, data) => socket.data.onData(data),
   drain: (socket) => socket.data.onDrain(),
   end: (socket) => socket.data.onEnd(),
+  handshake: (socket, success, authorizationError) => socket.data?.onHandshake(success, authorizationError),
   close: (socket, error) => socket.data?.onClose(error),
   error: (socket, error) => socket.data?.onClose(error),
 };
@@ -262,22 +353,52 @@ class BunListener implements Listener {
   #queue: Conn[] = [];
   #waiter: ((conn: Conn | null) => void) | null = null;
   #closed = false;
+  /** TLS connections still in their handshake. */
+  #handshaking = new Set<BunConn>();
 
   constructor(bun: BunLike, options: ListenOptions) {
+    const tls = options.tls;
     const server = bun.listen({
       hostname: options.hostname,
       port: options.port,
       allowHalfOpen: true,
+      tls: tls ? { cert: tls.cert, key: tls.key } : undefined,
       socket: {
         ...handlers,
         open: (socket) => {
           handlers.open(socket);
-          this.#deliver(socket.data);
+          socket.data.tls = tls !== undefined;
+          if (tls) this.#awaitHandshake(socket.data, tls.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT, options);
+          else this.#deliver(socket.data);
         },
       },
     });
     this.#server = server;
     this.addr = { hostname: server.hostname, port: server.port };
+  }
+
+  /** Hands `conn` out once its TLS handshake completes; drops it if that fails or takes too long. */
+  #awaitHandshake(conn: BunConn, timeout: number, options: ListenOptions): void {
+    this.#handshaking.add(conn);
+    const drop = (error: Error) => {
+      clearTimeout(timer);
+      this.#handshaking.delete(conn);
+      conn.watch = null;
+      conn.reset();
+      if (!this.#closed) options.onHandshakeError?.(error, conn.remoteAddr);
+    };
+    const timer = setTimeout(() => drop(handshakeTimeoutError("TLS", conn.remoteAddr, timeout)), timeout);
+    conn.watch = {
+      handshake: (_socket, success, authorizationError) => {
+        // Without requestCert there is no client certificate, so Bun's
+        // authorizationError ("unable to get issuer certificate") is moot.
+        if (!success) return drop(new Error(`TLS handshake failed: ${authorizationError?.message ?? "unknown error"}`));
+        clearTimeout(timer);
+        this.#handshaking.delete(conn);
+        this.#deliver(conn);
+      },
+      closed: (error) => drop(new Error(`TLS handshake failed: ${error?.message ?? "the peer closed the connection"}`)),
+    };
   }
 
   #deliver(conn: Conn): void {
@@ -306,26 +427,108 @@ class BunListener implements Listener {
     this.#waiter = null;
     for (const conn of this.#queue) conn.reset();
     this.#queue = [];
+    for (const conn of this.#handshaking) conn.onClose(new Error("listener closed"));
   }
 }
 
+function connectTls(
+  bun: BunLike,
+  nodeTls: BunNodeTlsLike,
+  options: ConnectOptions & { tls: NonNullable<ConnectOptions["tls"]> },
+): Promise<Conn> {
+  const verification = tlsVerification(options.tls, options.hostname);
+  const peer = `${options.hostname}:${options.port}`;
+  const timeout = options.tls.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+  const verify = verification.mode === "default" || verification.mode === "ca";
+  const conn = new BunConn();
+  conn.tls = true;
+  return new Promise<Conn>((resolve, reject) => {
+    let settled = false;
+    const fail = (error: unknown) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      conn.watch = null;
+      conn.reset();
+      reject(tlsClientError(error, peer, verification));
+    };
+    const timer = setTimeout(() => fail(handshakeTimeoutError("TLS", peer, timeout)), timeout);
+    conn.watch = {
+      handshake: async (socket, success, authorizationError) => {
+        try {
+          if (verification.mode === "fingerprint") {
+            await checkFingerprint(socket.getPeerCertificate?.()?.raw, verification.fingerprint, peer);
+          } else if (verify) {
+            if (!success || socket.authorized === false || authorizationError) {
+              throw authorizationError ?? new Error("certificate not authorized");
+            }
+            // Bun checks the name too; checking again costs little and does not depend on it.
+            const mismatch = nodeTls.checkServerIdentity(verification.serverName, socket.getPeerCertificate?.() as never);
+            if (mismatch) throw mismatch;
+          }
+        } catch (error) {
+          return fail(error);
+        }
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(conn);
+      },
+      closed: (error) => fail(error ?? new Error("the server closed the connection during the handshake")),
+    };
+    bun.connect({
+      hostname: options.hostname,
+      port: options.port,
+      allowHalfOpen: true,
+      tls: {
+        serverName: verification.serverName,
+        ca: verification.mode === "ca" ? verification.ca : undefined,
+        rejectUnauthorized: verify,
+      },
+      data: conn,
+      socket: { ...handlers, connectError: () => {} },
+    }).catch((error) => {
+      // Refused or unreachable: not a TLS problem, so no TLS hint.
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(error);
+    });
+  });
+}
+
 /**
- * Creates the TCP transport for Bun.
+ * Creates the TCP transport for Bun; with `tls` in the options it speaks TLS.
  *
  * @param bun the `Bun` namespace, or a stand-in with the same slice
+ * @param nodeTls `node:tls` (its `checkServerIdentity`), or a stand-in
  * @returns a {@linkcode Transport} named `tcp`
  */
-export function bunTransport(bun: BunLike = (globalThis as unknown as { Bun: BunLike }).Bun): Transport {
+export function bunTransport(
+  bun: BunLike = (globalThis as unknown as { Bun: BunLike }).Bun,
+  nodeTls: BunNodeTlsLike = nodeTlsModule as unknown as BunNodeTlsLike,
+): Transport {
   return {
     name: "tcp",
     listen(options: ListenOptions): Promise<Listener> {
       try {
+        if (options.tls) checkListenTls(options.tls);
         return Promise.resolve(new BunListener(bun, options));
       } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        if (options.tls && /X\.?509|PEM|KEY|certificate|private key/i.test(message)) {
+          // BoringSSL's codes (such as KEY_VALUES_MISMATCH) say little on their own.
+          return Promise.reject(
+            new Error(
+              `TLS cert and key were refused: ${message}. Check that the key belongs to the certificate and both are PEM.`,
+            ),
+          );
+        }
         return Promise.reject(error);
       }
     },
     async connect(options: ConnectOptions): Promise<Conn> {
+      if (options.tls) return await connectTls(bun, nodeTls, { ...options, tls: options.tls });
       const conn = new BunConn();
       await bun.connect({
         hostname: options.hostname,

@@ -1,12 +1,20 @@
 /**
- * TCP transport over `Deno.listen` / `Deno.connect`.
+ * TCP and TLS transport for Deno: TCP over `Deno.listen` / `Deno.connect`,
+ * TLS (with `tls` in the options) made of `node:tls` over those TCP
+ * connections (see `node_tls.ts` for why not `Deno.listenTls`/`Deno.startTls`).
  *
  * Built on `read()`/`write()`/`closeWrite()` rather than `conn.readable`, which
- * closes the whole socket at EOF and so breaks half-close.
+ * closes the whole socket at EOF and so breaks half-close. Half-close works
+ * over TLS too: `closeWrite()` sends close_notify and FIN, and the peer reads
+ * the end of the stream.
  *
  * @module
  */
 
+import * as nodeTlsModule from "node:tls";
+import { acceptInBackground } from "./accept.ts";
+import { acceptNodeTls, type NodeTlsLike, serverContext, startNodeTls } from "./node_tls.ts";
+import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, tlsVerification } from "./tls.ts";
 import {
   type Addr,
   type Conn,
@@ -179,24 +187,46 @@ class DenoListener implements Listener {
   }
 }
 
+function listenTls(deno: DenoLike, nodeTls: NodeTlsLike, options: ListenOptions & { tls: NonNullable<ListenOptions["tls"]> }) {
+  const { hostname, port, tls } = options;
+  const context = serverContext(nodeTls, tls);
+  const raw = new DenoListener(deno.listen({ hostname, port, transport: "tcp" }));
+  return acceptInBackground(raw, (conn) => acceptNodeTls(nodeTls, conn, context), {
+    what: "TLS",
+    timeout: tls.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT,
+    onHandshakeError: options.onHandshakeError,
+  });
+}
+
 /**
- * Creates the TCP transport for Deno.
+ * Creates the TCP transport for Deno; with `tls` in the options it speaks TLS.
  *
  * @param deno the `Deno` namespace, or a stand-in with the same slice
+ * @param nodeTls the `node:tls` module (for TLS), or a stand-in
  * @returns a {@linkcode Transport} named `tcp`
  */
-export function denoTransport(deno: DenoLike = (globalThis as unknown as { Deno: DenoLike }).Deno): Transport {
+export function denoTransport(
+  deno: DenoLike = (globalThis as unknown as { Deno: DenoLike }).Deno,
+  nodeTls: NodeTlsLike = nodeTlsModule as unknown as NodeTlsLike,
+): Transport {
   return {
     name: "tcp",
     listen(options: ListenOptions): Promise<Listener> {
       try {
-        return Promise.resolve(new DenoListener(deno.listen({ ...options, transport: "tcp" })));
+        if (options.tls) {
+          checkListenTls(options.tls);
+          return Promise.resolve(listenTls(deno, nodeTls, { ...options, tls: options.tls }));
+        }
+        return Promise.resolve(new DenoListener(deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" })));
       } catch (error) {
         return Promise.reject(error);
       }
     },
     async connect(options: ConnectOptions): Promise<Conn> {
-      return new DenoConn(await deno.connect({ hostname: options.hostname, port: options.port, transport: "tcp" }));
+      // Bad TLS options fail before anything is dialed.
+      if (options.tls) tlsVerification(options.tls, options.hostname);
+      const raw = new DenoConn(await deno.connect({ hostname: options.hostname, port: options.port, transport: "tcp" }));
+      return options.tls ? await startNodeTls(nodeTls, raw, { ...options, tls: options.tls }) : raw;
     },
   };
 }

@@ -72,6 +72,32 @@ export interface ListenOptions {
   hostname: string;
   /** Port to bind; 0 picks a free one (see {@linkcode Listener.addr}). */
   port: number;
+  /**
+   * Serve TLS with this certificate. Without it, plain TCP. Each connection's
+   * handshake runs in the background: {@linkcode Listener.accept} only ever
+   * returns connections whose handshake completed, and a slow, silent or
+   * failing peer never delays the others.
+   */
+  tls?: TlsListenOptions;
+  /**
+   * Called when a connection is dropped because its handshake (TLS, or a
+   * wrapper's such as WebSocket) failed or timed out. Never an accept error:
+   * the listener goes on. Without it, such failures are silent.
+   */
+  onHandshakeError?: (error: Error, remote: Addr) => void;
+}
+
+/** The certificate a TLS listener presents. */
+export interface TlsListenOptions {
+  /** Certificate chain, PEM: the server's certificate first, then any intermediates. */
+  cert: string;
+  /** Private key of the first certificate, PEM (PKCS#8, RSA or EC), unencrypted. */
+  key: string;
+  /**
+   * Milliseconds a new connection may take to complete its handshake before it
+   * is dropped (and reported to `onHandshakeError`). Default 10 000.
+   */
+  handshakeTimeout?: number;
 }
 
 /** Options for {@linkcode Transport.connect}. */
@@ -80,6 +106,42 @@ export interface ConnectOptions {
   hostname: string;
   /** Port to dial. */
   port: number;
+  /**
+   * Speak TLS, verifying the server as described in {@linkcode TlsConnectOptions}.
+   * Without it, plain TCP. `connect()` resolves only after the handshake and
+   * the verification succeeded.
+   */
+  tls?: TlsConnectOptions;
+}
+
+/**
+ * How a TLS client verifies the server. At most one of `ca`, `fingerprint`
+ * and `insecure` applies; with none, the runtime's default CA store is used
+ * (Mozilla's roots on both runtimes unless configured otherwise) and the
+ * certificate must name `serverName`.
+ */
+export interface TlsConnectOptions {
+  /**
+   * Name sent as SNI and checked against the certificate (DNS name or IP
+   * address). Default: the `hostname` dialed.
+   */
+  serverName?: string;
+  /**
+   * Trust only this CA (PEM, one or more certificates) instead of the default
+   * store. The certificate must still name `serverName`.
+   */
+  ca?: string;
+  /**
+   * Pin the server's leaf certificate: `sha256:` followed by the hex SHA-256
+   * of its DER encoding (colons optional, any case; the `sha256:` prefix is
+   * optional too). Only the pin decides: a self-signed certificate, any name
+   * and any CA are fine when it matches, and nothing else is accepted.
+   */
+  fingerprint?: string;
+  /** Accept any certificate. Encrypts but does not authenticate: for tests only. */
+  insecure?: boolean;
+  /** Milliseconds the handshake may take before `connect()` fails. Default 10 000. */
+  handshakeTimeout?: number;
 }
 
 /** A way to listen and to dial: TCP on Deno or Bun, or in memory for tests. */
