@@ -115,6 +115,19 @@ export async function runCli(args: string[], platform: Platform): Promise<number
  */
 function checkRole(mode: Role, settings: Settings): void {
   if (mode === "relay") {
+    const verifications = [
+      settings.tlsCa && "--tls-ca",
+      settings.tlsFingerprint && "--tls-fingerprint",
+      settings.tlsInsecure && "--tls-insecure",
+    ]
+      .filter(Boolean);
+    if (verifications.length > 1) {
+      throw new UsageError(`${verifications.join(" and ")} exclude each other; pick one way to verify the matcher`);
+    }
+    const wantsTls = settings.tls || verifications.length > 0;
+    if (wantsTls && settings.matcherUrl?.startsWith("ws://")) {
+      throw new UsageError(`TLS flags need a wss:// matcher URL; ${settings.matcherUrl} is plain WebSocket`);
+    }
     for (const service of settings.services) {
       if (service.destPort === undefined) {
         throw new UsageError(
@@ -125,15 +138,54 @@ function checkRole(mode: Role, settings: Settings): void {
   }
 }
 
-function start(mode: Role | "demo", settings: Settings, platform: Platform, log: Logger): Promise<Running> {
+async function start(mode: Role | "demo", settings: Settings, platform: Platform, log: Logger): Promise<Running> {
   const { transport } = platform;
+  const pem = async (path: string | null, flag: string) => {
+    if (path === null) return undefined;
+    let text: string | null;
+    try {
+      text = await platform.readTextFile(path);
+    } catch (error) {
+      throw new UsageError(`cannot read ${flag} ${path}: ${errorMessage(error)}`);
+    }
+    if (text === null) throw new UsageError(`cannot read ${flag} ${path}: no such file`);
+    return text;
+  };
+  const pair = async (cert: string | null, key: string | null, prefix: string) =>
+    cert === null || key === null
+      ? null
+      : { cert: (await pem(cert, `--${prefix}cert`))!, key: (await pem(key, `--${prefix}key`))! };
   switch (mode) {
     case "matcher":
-      return startMatcher({ ...settings, transport, log });
-    case "relay":
-      return Promise.resolve(startRelay({ ...settings, transport, log }));
+      return await startMatcher({
+        ...settings,
+        transport,
+        log,
+        tls: await pair(settings.tlsCert, settings.tlsKey, "tls-"),
+        clientTls: await pair(settings.clientTlsCert, settings.clientTlsKey, "client-tls-"),
+      });
+    case "relay": {
+      const wantsTls = settings.tls || settings.tlsCa !== null || settings.tlsFingerprint !== null ||
+        settings.tlsInsecure;
+      const tls = wantsTls
+        ? {
+          ca: await pem(settings.tlsCa, "--tls-ca"),
+          fingerprint: settings.tlsFingerprint ?? undefined,
+          insecure: settings.tlsInsecure || undefined,
+        }
+        : null;
+      return startRelay({ ...settings, transport, log, tls });
+    }
     case "demo":
-      return runDemo({ ...settings, transport, log, print: platform.stdout });
+      return await runDemo({
+        ...settings,
+        transport,
+        log,
+        print: platform.stdout,
+        tls: null,
+        clientTls: null,
+        services: [],
+      });
   }
 }
 

@@ -25,7 +25,16 @@ import { FrameType } from "./protocol/frame.ts";
 import { Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
 import type { Stream } from "./protocol/stream.ts";
 import { DEFAULT_SERVICE, type PoolMember, Service } from "./service.ts";
-import { type Addr, type Conn, formatAddr, type Listener, type Transport } from "./transport/types.ts";
+import { fingerprintOfPem } from "./transport/tls.ts";
+import {
+  type Addr,
+  type Conn,
+  formatAddr,
+  type Listener,
+  type TlsListenOptions,
+  type Transport,
+} from "./transport/types.ts";
+import { sniffWebSocket, wsAccept } from "./transport/websocket.ts";
 import { VERSION } from "./version.ts";
 
 /** Options of {@linkcode startMatcher}; names are the config keys in camelCase. */
@@ -66,6 +75,10 @@ export interface MatcherOptions extends SessionTunables {
   idleTimeout?: number;
   /** Milliseconds between one-line summaries at info level; 0: none. @default {60000} */
   summaryInterval?: number;
+  /** Serve TLS on the relay port (certificate and key, PEM); relays may also speak WebSocket over it. @default {null} */
+  tls?: TlsListenOptions | null;
+  /** Serve TLS on the client ports. @default {null} */
+  clientTls?: TlsListenOptions | null;
   /** Where events are logged. @default {silentLogger} */
   log?: Logger;
 }
@@ -256,7 +269,7 @@ class MatcherServer implements Matcher {
     const opened: Listener[] = [];
     try {
       this.#relayListener = await listenOn(
-        () => transport.listen({ hostname: host, port: this.#options.relayPort ?? 6543 }),
+        () => transport.listen(this.#listenOptions(host, this.#options.relayPort ?? 6543, this.#options.tls, "relay")),
         host,
         this.#options.relayPort ?? 6543,
         "relay port",
@@ -273,7 +286,7 @@ class MatcherServer implements Matcher {
         const service = new Service<RelaySession>(entry.name, entry.balance ?? this.#balance, false);
         const flag = entry.name === DEFAULT_SERVICE ? "--client-port" : `services.${entry.name}.client_port`;
         service.listener = await listenOn(
-          () => transport.listen({ hostname: host, port: entry.clientPort! }),
+          () => transport.listen(this.#listenOptions(host, entry.clientPort!, this.#options.clientTls, "client")),
           host,
           entry.clientPort!,
           `client port of ${entry.name}`,
@@ -313,7 +326,14 @@ class MatcherServer implements Matcher {
       admin_port: this.adminAddr ? formatAddr(this.adminAddr) : undefined,
       balance: this.#balance,
       auth: this.#verifier ? `${this.#options.tokens!.length} token(s)` : "off",
+      tls: [this.#options.tls && "relay port", this.#options.clientTls && "client ports"].filter(Boolean).join(", ") ||
+        "off",
     });
+    if (this.#options.tls) {
+      // What relays pin with --tls-fingerprint.
+      const fingerprint = await fingerprintOfPem(this.#options.tls.cert).catch(() => null);
+      if (fingerprint) this.#log.info("relay port certificate", { fingerprint });
+    }
     this.#acceptLoop(this.#relayListener, (conn) => this.#serveRelay(conn));
     const every = this.#options.summaryInterval ?? 60_000;
     if (every > 0) this.#summaryTimer = setInterval(() => this.#logSummary(), every);
@@ -380,17 +400,46 @@ class MatcherServer implements Matcher {
     return this.#options.balance ?? "random";
   }
 
+  #listenOptions(hostname: string, port: number, tls: TlsListenOptions | null | undefined, what: string) {
+    return {
+      hostname,
+      port,
+      tls: tls ?? undefined,
+      onHandshakeError: (error: Error, remote: Addr) =>
+        this.#log.debug(`${what} port: TLS handshake failed`, { peer: formatAddr(remote), error: error.message }),
+    };
+  }
+
   // ---- Relays ----
 
-  async #serveRelay(conn: Conn): Promise<void> {
-    const address = formatAddr(conn.remoteAddr);
+  async #serveRelay(accepted: Conn): Promise<void> {
+    const address = formatAddr(accepted.remoteAddr);
     const limit = this.#options.maxRelaySessions ?? 1024;
     if (this.#relays.length + this.#handshaking >= limit) {
       // Say why, so the relay logs a refusal rather than a broken connection.
       this.#refuse("relay", "too many relay sessions", address);
-      await conn.write(encodeFrame(FrameType.GOAWAY, 0, new TextEncoder().encode("refused: too many relay sessions")))
+      await accepted.write(
+        encodeFrame(FrameType.GOAWAY, 0, new TextEncoder().encode("refused: too many relay sessions")),
+      )
         .catch(() => {});
-      return conn.close();
+      return accepted.close();
+    }
+    // One port serves raw sessions and WebSocket ones (for relays behind HTTP proxies).
+    let conn: Conn;
+    const timeout = this.#options.handshakeTimeout ?? 10_000;
+    try {
+      const sniffed = await withTimeout(
+        sniffWebSocket(accepted),
+        timeout,
+        `nothing received within ${formatDuration(timeout)}`,
+      );
+      conn = sniffed.kind === "raw"
+        ? sniffed.conn
+        : await withTimeout(wsAccept(sniffed.conn), timeout, `no WebSocket upgrade within ${formatDuration(timeout)}`);
+    } catch (error) {
+      accepted.reset();
+      this.#log.warn("relay handshake failed", { relay: address, reason: errorMessage(error) });
+      return;
     }
     const nonce = this.#verifier ? newNonce() : null;
     let token: string | null = null;
@@ -540,7 +589,9 @@ class MatcherServer implements Matcher {
       if (taken.has(port) || [...this.#stickyPorts].some(([other, p]) => p === port && other !== name)) continue;
       let listener: Listener;
       try {
-        listener = await this.#options.transport.listen({ hostname: host, port });
+        listener = await this.#options.transport.listen(
+          this.#listenOptions(host, port, this.#options.clientTls, "client"),
+        );
       } catch {
         continue; // in use by something else
       }

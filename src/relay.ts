@@ -24,7 +24,8 @@ import { type Hello, Session, type SessionTunables, tunablesOf } from "./protoco
 import type { Stream } from "./protocol/stream.ts";
 import { parseHostPort, proxyHeader } from "./proxy_protocol.ts";
 import { DEFAULT_SERVICE } from "./service.ts";
-import { type Conn, formatAddr, type Transport } from "./transport/types.ts";
+import { type Conn, formatAddr, type TlsConnectOptions, type Transport } from "./transport/types.ts";
+import { parseWebSocketUrl, wsConnect } from "./transport/websocket.ts";
 import { VERSION } from "./version.ts";
 
 /** Options of {@linkcode startRelay}; names are the config keys in camelCase. */
@@ -63,6 +64,13 @@ export interface RelayOptions extends SessionTunables {
   token?: string | null;
   /** Milliseconds a stream may go without traffic; 0: forever. @default {0} */
   idleTimeout?: number;
+  /**
+   * Speak TLS to the matcher, verified as these options say (default: the
+   * system's CAs; or `ca`, a pinned `fingerprint`, or `insecure`). @default {null}
+   */
+  tls?: TlsConnectOptions | null;
+  /** Dial the matcher as `ws://host:port/path` or `wss://…` (through HTTP proxies and CDNs) instead of `matcherHost`. @default {null} */
+  matcherUrl?: string | null;
   /** Where events are logged. @default {silentLogger} */
   log?: Logger;
 }
@@ -136,6 +144,9 @@ interface Target {
   host: string;
   port: number;
   label: string;
+  tls?: TlsConnectOptions;
+  /** For a WebSocket matcher: the Host header and the path. */
+  ws?: { host: string; path: string };
 }
 
 interface Destination {
@@ -167,15 +178,7 @@ class RelayClient extends EventTarget implements Relay {
     super();
     this.#options = options;
     this.#log = options.log ?? silentLogger;
-    const hosts = typeof options.matcherHost === "string"
-      ? [options.matcherHost]
-      : options.matcherHost ?? ["localhost"];
-    this.#targets = hosts.map((entry) => {
-      const parsed = parseHostPort(entry);
-      const host = parsed?.hostname ?? entry;
-      const port = parsed?.port ?? options.matcherPort ?? 6543;
-      return { host, port, label: formatAddr({ hostname: host, port }) };
-    });
+    this.#targets = this.#resolveTargets();
     const services = options.services ?? [];
     for (const service of services) {
       if (service.destPort === undefined && !options.handler) {
@@ -206,6 +209,41 @@ class RelayClient extends EventTarget implements Relay {
     for (const target of this.#targets) {
       for (let slot = 0; slot < this.#perTarget; slot++) this.#slots.push(this.#keepSessionOpen(target));
     }
+  }
+
+  /** Where to dial: `matcherUrl`, else each `matcherHost` (with `matcherPort` where it names no port). */
+  #resolveTargets(): Target[] {
+    const options = this.#options;
+    const tls = options.tls ?? undefined;
+    if (tls?.insecure) {
+      this.#log.warn(
+        "TLS certificate checks are OFF (--tls-insecure): anyone on the path can read and change this traffic",
+      );
+    }
+    if (options.matcherUrl) {
+      const url = parseWebSocketUrl(options.matcherUrl);
+      if (tls && !url.tls) {
+        throw new RangeError(`Cannot start relay: TLS options need a wss:// URL, not ${options.matcherUrl}`);
+      }
+      const defaultPort = url.tls ? 443 : 80;
+      const host = url.port === defaultPort ? url.hostname : formatAddr({ hostname: url.hostname, port: url.port });
+      return [{
+        host: url.hostname,
+        port: url.port,
+        label: options.matcherUrl,
+        tls: url.tls ? tls ?? {} : undefined,
+        ws: { host, path: url.path },
+      }];
+    }
+    const hosts = typeof options.matcherHost === "string"
+      ? [options.matcherHost]
+      : options.matcherHost ?? ["localhost"];
+    return hosts.map((entry) => {
+      const parsed = parseHostPort(entry);
+      const host = parsed?.hostname ?? entry;
+      const port = parsed?.port ?? options.matcherPort ?? 6543;
+      return { host, port, label: formatAddr({ hostname: host, port }), tls };
+    });
   }
 
   get #channel(): Channel {
@@ -303,12 +341,24 @@ class RelayClient extends EventTarget implements Relay {
   ): Promise<Session> {
     const options = this.#options;
     const timeout = options.connectTimeout ?? 10_000;
-    const conn = await withTimeout(
-      options.transport.connect({ hostname: target.host, port: target.port }),
+    let conn = await withTimeout(
+      options.transport.connect({ hostname: target.host, port: target.port, tls: target.tls }),
       timeout,
       `no connection within ${formatDuration(timeout)}`,
       (late) => late.close(),
     );
+    if (target.ws) {
+      const tcp = conn;
+      conn = await withTimeout(
+        wsConnect(tcp, target.ws),
+        timeout,
+        `no WebSocket upgrade within ${formatDuration(timeout)}`,
+      )
+        .catch((error) => {
+          tcp.close();
+          throw error;
+        });
+    }
     let first = true;
     const session = new Session(conn, {
       side: "dialer",
