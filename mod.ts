@@ -22,14 +22,40 @@
  * @module
  */
 
-export { defaultTransport, startMatcher, startRelay, type WithOptionalTransport } from "./src/library.ts";
+export {
+  bunTransport,
+  defaultTransport,
+  denoTransport,
+  nodeTransport,
+  startMatcher,
+  startRelay,
+  type WithOptionalTransport,
+} from "./src/library.ts";
 export type { Matcher, MatcherOptions, MatcherStats, RelayInfo, ServiceInfo } from "./src/matcher.ts";
 export { backoffDelay, type Relay, type RelayEventMap, type RelayOptions, type RelayStats } from "./src/relay.ts";
 export { Stream } from "./src/protocol/stream.ts";
+export type { SessionTunables } from "./src/protocol/session.ts";
 export type { Balance, Channel, NamedToken, ProxyVersion, ServiceEntry } from "./src/config.ts";
-export { createLogger, type LogFormat, type Logger, type LogLevel, silentLogger } from "./src/log.ts";
-export { bunTransport } from "./src/transport/bun.ts";
-export { denoTransport } from "./src/transport/deno.ts";
+export {
+  createLogger,
+  type LogFields,
+  type LogFormat,
+  type Logger,
+  type LoggerOptions,
+  type LogLevel,
+  silentLogger,
+} from "./src/log.ts";
 export { memoryTransport } from "./src/transport/memory.ts";
-export { type Addr, type Conn, ConnectionClosedError, type Listener, type Transport } from "./src/transport/types.ts";
+export { wsTransport, type WsTransportOptions } from "./src/transport/websocket.ts";
+export {
+  type Addr,
+  type Conn,
+  ConnectionClosedError,
+  type ConnectOptions,
+  type Listener,
+  type ListenOptions,
+  type TlsConnectOptions,
+  type TlsListenOptions,
+  type Transport,
+} from "./src/transport/types.ts";
 export { VERSION } from "./src/version.ts";

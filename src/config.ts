@@ -45,11 +45,17 @@ type OptionType =
  * matcher reads the client port and balance, so one file can describe both.
  */
 export interface ServiceEntry {
+  /** Service name: letters, digits, `-`, `_`, `.`. */
   name: string;
+  /** Relay: the destination host. */
   destHost?: string;
+  /** Relay: the destination port. */
   destPort?: number;
+  /** Matcher: the client port users connect to. */
   clientPort?: number;
+  /** Matcher: how a relay of the service's pool is picked. */
   balance?: Balance;
+  /** Relay: PROXY protocol header for the destination. */
   proxyProtocol?: ProxyVersion;
 }
 
@@ -58,7 +64,9 @@ export type ProxyVersion = "v1" | "v2";
 
 /** A token the matcher accepts, with a name for logs (the token itself is never logged). */
 export interface NamedToken {
+  /** Shown in logs and stats. */
   name: string;
+  /** The secret; never logged. */
   token: string;
 }
 

@@ -7,23 +7,38 @@
 
 import { type Matcher, type MatcherOptions, startMatcher as startMatcherWith } from "./matcher.ts";
 import { type Relay, type RelayOptions, startRelay as startRelayWith } from "./relay.ts";
-import { bunTransport } from "./transport/bun.ts";
-import { denoTransport } from "./transport/deno.ts";
+import { bunTransport as makeBunTransport } from "./transport/bun.ts";
+import { denoTransport as makeDenoTransport } from "./transport/deno.ts";
+import { nodeTransport as makeNodeTransport } from "./transport/node.ts";
 import type { Transport } from "./transport/types.ts";
 
 /** Options with the transport optional: it defaults to {@linkcode defaultTransport}. */
 export type WithOptionalTransport<T> = Omit<T, "transport"> & { transport?: Transport };
 
 /**
- * The TCP transport of the runtime this runs on (Bun or Deno). Library users
- * call it implicitly; the CLI entry points pick theirs explicitly.
- *
- * @throws {Error} on a runtime without an adapter
+ * The TCP transport of the runtime this runs on: Bun's, Deno's, or else
+ * `node:net`. Library users get it implicitly; the CLI entry points pick
+ * theirs explicitly.
  */
 export function defaultTransport(): Transport {
   if ("Bun" in globalThis) return bunTransport();
   if ("Deno" in globalThis) return denoTransport();
-  throw new Error("o3sr: no transport for this runtime; pass options.transport (Bun and Deno have built-in ones)");
+  return nodeTransport();
+}
+
+/** TCP and TLS over `Bun.listen`/`Bun.connect`; call it only on Bun. */
+export function bunTransport(): Transport {
+  return makeBunTransport();
+}
+
+/** TCP over `Deno.listen`/`Deno.connect` (TLS through `node:tls`); call it only on Deno. */
+export function denoTransport(): Transport {
+  return makeDenoTransport();
+}
+
+/** TCP and TLS over `node:net`/`node:tls`: Node, and any runtime that provides them. */
+export function nodeTransport(): Transport {
+  return makeNodeTransport();
 }
 
 /**

@@ -29,9 +29,9 @@ export interface Logger {
 
 /** Options for {@linkcode createLogger}. */
 export interface LoggerOptions {
-  /** @default {"info"} */
+  /** Least severe level written. @default {"info"} */
   level?: LogLevel;
-  /** @default {"text"} */
+  /** Line format. @default {"text"} */
   format?: LogFormat;
   /** Where finished lines go (without a trailing newline). */
   write: (line: string) => void;

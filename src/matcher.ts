@@ -41,7 +41,7 @@ import { VERSION } from "./version.ts";
 export interface MatcherOptions extends SessionTunables {
   /** How to listen: the runtime's TCP transport, or another. */
   transport: Transport;
-  /** @default {"0.0.0.0"} */
+  /** Address the relay and client ports bind to. @default {"0.0.0.0"} */
   listenHost?: string;
   /** Port relays dial in to; 0 picks a free one. @default {6543} */
   relayPort?: number;
@@ -63,7 +63,7 @@ export interface MatcherOptions extends SessionTunables {
   clientAllow?: readonly string[];
   /** Port of the admin HTTP listener; null: none. @default {null} */
   adminPort?: number | null;
-  /** @default {"127.0.0.1"} */
+  /** Address the admin port binds to. @default {"127.0.0.1"} */
   adminHost?: string;
   /** Relay sessions at once. @default {1024} */
   maxRelaySessions?: number;
@@ -111,6 +111,7 @@ export interface RelayInfo {
 
 /** One service, as the matcher's stats show it. */
 export interface ServiceInfo {
+  /** Service name; `default` is the `--client-port` one. */
   name: string;
   /** Its client port, or null while it has none open. */
   port: number | null;

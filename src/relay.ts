@@ -38,7 +38,7 @@ export interface RelayOptions extends SessionTunables {
   matcherPort?: number;
   /** Destination of the default service. @default {"localhost"} */
   destHost?: string;
-  /** @default {80} */
+  /** Destination port of the default service. @default {80} */
   destPort?: number;
   /** Named services (name, destination, PROXY protocol); none: only the default service. @default {[]} */
   services?: readonly ServiceEntry[];
@@ -95,10 +95,15 @@ export interface RelayStats {
  * `stream-open` and `stream-close`, each with the fields below.
  */
 export interface RelayEventMap {
+  /** A session to a matcher opened and registered its services. */
   connected: { matcher: string; sessions: number };
+  /** A session ended; the relay reconnects unless it is closing. */
   disconnected: { matcher: string; reason: string; sessions: number };
+  /** A matcher published a service at `address`. */
   registered: { matcher: string; service: string; address: string };
+  /** A client stream was accepted. */
   "stream-open": { service: string; client?: string; stream: Stream };
+  /** A client stream ended; `up`/`down` are bytes to and from the service. */
   "stream-close": { service: string; client?: string; up: number; down: number; error?: string };
 }
 

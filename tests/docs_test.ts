@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import process from "node:process";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { renderReadme } from "../tools/docs.ts";
@@ -16,4 +18,10 @@ test("package.json, deno.json and src/version.ts carry one version", () => {
   const deno = JSON.parse(readFileSync(new URL("deno.json", root), "utf8"));
   assert.equal(pkg.version, VERSION);
   assert.equal(deno.version, VERSION);
+});
+
+test("every export of mod.ts is documented (deno doc --lint), so the package publishes cleanly to JSR", () => {
+  const deno = "Deno" in globalThis ? process.execPath : new URL("node_modules/.bin/deno", root).pathname;
+  const result = spawnSync(deno, ["doc", "--lint", "mod.ts"], { cwd: new URL(".", root).pathname, encoding: "utf8" });
+  assert.equal(result.status, 0, result.stderr);
 });

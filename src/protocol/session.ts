@@ -102,9 +102,20 @@ export interface SessionOptions {
 }
 
 /** The session options a matcher or relay passes through from its settings (`maxFrame` is `maxPayload`). */
-export type SessionTunables =
-  & Pick<SessionOptions, "window" | "heartbeatInterval" | "heartbeatTimeout" | "handshakeTimeout" | "maxStreams">
-  & { maxFrame?: number };
+export interface SessionTunables {
+  /** Per-stream receive window in bytes. @default {1048576} */
+  window?: number;
+  /** Milliseconds between heartbeats; 0 disables them. @default {10000} */
+  heartbeatInterval?: number;
+  /** Milliseconds of silence before the peer is declared dead. @default {30000} */
+  heartbeatTimeout?: number;
+  /** Milliseconds allowed for a session's handshake. @default {10000} */
+  handshakeTimeout?: number;
+  /** Streams open at once on one session. @default {10000} */
+  maxStreams?: number;
+  /** Largest frame payload accepted from the peer. @default {1024000} */
+  maxFrame?: number;
+}
 
 /** Picks the {@linkcode SessionTunables} out of a larger options object, as session options. */
 export function tunablesOf(options: SessionTunables): Partial<SessionOptions> {

@@ -83,6 +83,8 @@ export class Stream implements Conn {
   });
 
   /**
+   * Made by a session for each stream; applications get streams from it.
+   *
    * @param host the session carrying this stream
    * @param id stream id
    * @param window receive window this side granted the peer

@@ -164,7 +164,11 @@ export interface Transport {
 
 /** Raised by a connection used after it was closed, or reset by its peer. */
 export class ConnectionClosedError extends Error {
-  /** @param message what happened, such as `connection reset by peer` */
+  /**
+   * Makes the error.
+   *
+   * @param message what happened, such as `connection reset by peer`
+   */
   constructor(message = "connection closed") {
     super(message);
     this.name = "ConnectionClosedError";
