@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import process from "node:process";
 import { describe, test } from "node:test";
 import { echo, freePort, readAll, readExactly, runtime, serve, tcp } from "./_helpers.ts";
-import { spawnFromSource } from "./_process.ts";
+import { type O3srProcess, spawnFromSource } from "./_process.ts";
 
 // Graceful shutdown is driven by SIGTERM, which Windows cannot deliver.
 const windows = process.platform === "win32";
@@ -30,6 +30,8 @@ describe("o3sr processes", () => {
       const transport = tcp();
       const dest = await serve(transport, echo);
       const [relayPort, clientPort] = [await freePort(), await freePort()];
+      const children: O3srProcess[] = [];
+      const spawned = (child: O3srProcess) => (children.push(child), child);
       const matcher = spawnFromSource([
         "matcher",
         "--listen-host",
@@ -54,14 +56,14 @@ describe("o3sr processes", () => {
       ];
       try {
         await matcher.waitForLog(/matcher listening/);
-        const first = spawnFromSource(relayArgs);
+        const first = spawned(spawnFromSource(relayArgs));
         await first.waitForLog(/connected to /);
 
         const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
         await conn.write(new TextEncoder().encode("ping"));
         assert.equal(new TextDecoder().decode(await readExactly(conn, 4)), "ping");
 
-        const second = spawnFromSource(relayArgs);
+        const second = spawned(spawnFromSource(relayArgs));
         await second.waitForLog(/connected to /);
         const killedAt = Date.now();
         first.signal("SIGKILL");
@@ -88,6 +90,8 @@ describe("o3sr processes", () => {
         second.signal("SIGTERM");
         assert.equal(await second.exited, 0);
       } finally {
+        // Whatever failed above, leave no process behind.
+        for (const child of children) child.signal("SIGKILL");
         matcher.signal("SIGKILL");
         dest.close();
       }
