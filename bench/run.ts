@@ -1,0 +1,317 @@
+/**
+ * The o3sr benchmark: `npm run bench [-- --quick] [--only PATHS] [--json FILE] [--soak MINUTES]`.
+ *
+ * Starts the load tool's server and every path side by side on loopback,
+ * measures throughput, latency, connection setup and memory, prints a table
+ * with ratios against `direct` from the same run and writes the JSON to
+ * bench/results/. See bench/README.md.
+ *
+ * @module
+ */
+
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, release } from "node:os";
+import { dirname, join } from "node:path";
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { idleStreams, latency, setup, startServer, throughput, type ThroughputResult } from "./measure.ts";
+import { type BenchPath, pathContext, PATHS, type RunningPath } from "./paths.ts";
+import { cpuOf, resetPeak, sampleRss, totalMemory } from "./proc_stats.ts";
+import { findTool, installCleanup, openFileLimit, repoRoot, sleep, stopAll } from "./procs.ts";
+import { buildRows, CELLS, type PathResult, renderRows, summarizeCell } from "./report.ts";
+import { runSoak } from "./soak.ts";
+
+/** How much to measure. */
+export interface Plan {
+  /** Throughput runs per cell; the median is reported. */
+  runs: number;
+  /** Length of one throughput run. */
+  seconds: number;
+  latencyCount: number;
+  setupCount: number;
+  idleCount: number;
+}
+
+const FULL: Plan = { runs: 3, seconds: 2, latencyCount: 10_000, setupCount: 2_000, idleCount: 10_000 };
+const QUICK: Plan = { runs: 1, seconds: 0.5, latencyCount: 2_000, setupCount: 500, idleCount: 1_000 };
+/** Pause between runs, so what a forwarder still buffers from one run does not spill into the next. */
+const SETTLE_MS = 300;
+
+const HELP = `Usage: npm run bench -- [options]
+
+  --quick            fewer runs, shorter runs, fewer connections: a fast check
+  --only PATHS       comma-separated paths (${PATHS.map((p) => p.name).join(", ")}); direct always runs
+  --json FILE        where to write the results (default bench/results/<timestamp>.json)
+  --soak MINUTES     instead of the bench: churn through o3sr for MINUTES, sampling RSS and fds
+  -h, --help         this help`;
+
+function parseFlags() {
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: {
+      quick: { type: "boolean", default: false },
+      only: { type: "string" },
+      json: { type: "string" },
+      soak: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    process.exit(0);
+  }
+  const names = values.only?.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const name of names ?? []) {
+    if (!PATHS.some((p) => p.name === name)) {
+      console.error(`bench: unknown path "${name}"; paths: ${PATHS.map((p) => p.name).join(", ")}`);
+      process.exit(2);
+    }
+  }
+  const soak = values.soak === undefined ? null : Number(values.soak);
+  if (soak !== null && !(soak > 0)) {
+    console.error("bench: --soak needs a positive number of minutes");
+    process.exit(2);
+  }
+  return { quick: values.quick!, only: names ?? null, json: values.json ?? null, soak };
+}
+
+function timestamp(): string {
+  return new Date().toISOString().replace(/[:.]/g, "-");
+}
+
+function log(message: string): void {
+  console.error(message);
+}
+
+/** The Bun to run o3sr and the load tool with: ours if we run under Bun. */
+function bunExecutable(): string {
+  if ("Bun" in globalThis) return process.execPath;
+  const bun = findTool("bun");
+  if (bun === null) throw new Error("bun not found: run `npm ci` first");
+  return bun;
+}
+
+/** Scales the idle-stream count to the open-files limit (each process holds one fd per stream). */
+function idleCountFor(wanted: number): number {
+  const limit = openFileLimit();
+  if (limit === null || limit >= wanted + 256) return wanted;
+  const scaled = Math.max(100, Math.floor((limit - 256) / 100) * 100);
+  log(
+    `note: ulimit -n is ${limit}; idle streams scaled down from ${wanted} to ${scaled} (raise it with \`ulimit -n ${
+      wanted + 1024
+    }\`)`,
+  );
+  return scaled;
+}
+
+function emptyResult(path: BenchPath): PathResult {
+  return {
+    name: path.name,
+    about: path.about,
+    status: "ok",
+    targets: path.targets,
+    commands: [],
+    throughput: {},
+    latency: null,
+    setup: null,
+    peakRss: null,
+    idle: null,
+    errors: [],
+  };
+}
+
+function firstLine(error: unknown): string {
+  return String((error as Error)?.message ?? error);
+}
+
+async function bench(plan: Plan, only: string[] | null, jsonFile: string | null): Promise<void> {
+  const started = new Date();
+  const bun = bunExecutable();
+  const selected = PATHS.filter((p) => p.name === "direct" || only === null || only.includes(p.name));
+  const idleCount = idleCountFor(plan.idleCount);
+
+  const server = await startServer(bun);
+  const context = pathContext(server.port, bun);
+  const results = selected.map(emptyResult);
+  const running = new Map<string, RunningPath>();
+
+  log(
+    `bench: ${plan.runs} run(s) x ${plan.seconds} s per throughput cell; paths: ${
+      selected.map((p) => p.name).join(", ")
+    }`,
+  );
+  for (const [i, path] of selected.entries()) {
+    const reason = path.unavailable(context);
+    if (reason !== null) {
+      results[i].status = "skipped";
+      results[i].reason = reason;
+      log(`${path.name}: ${reason}`);
+      continue;
+    }
+    try {
+      const started = await path.start(context);
+      running.set(path.name, started);
+      results[i].commands = started.commands;
+    } catch (error) {
+      results[i].status = "failed";
+      results[i].reason = `could not start: ${firstLine(error)}`;
+      log(`${path.name}: ${results[i].reason}`);
+    }
+  }
+  const active = results.filter((r) => running.has(r.name));
+
+  // Throughput: rounds interleave the paths, so a noisy spell on the shared box hits all of them.
+  for (const { cell, direction, streams } of CELLS) {
+    const runs = new Map<string, ThroughputResult[]>(active.map((r) => [r.name, []]));
+    const errors = new Map<string, string[]>(active.map((r) => [r.name, []]));
+    if (streams > 1) { for (const r of active) startPeakWindow(r, running.get(r.name)!); }
+    for (let round = 0; round < plan.runs; round++) {
+      for (const result of active) {
+        const path = running.get(result.name)!;
+        const label = `${result.name} ${cell} #${round + 1}`;
+        const sampler = streams > 1 && path.pids.length > 0 ? sampleRss(path.pids) : null;
+        const cpuBefore = cpuOf(path.pids);
+        try {
+          const run = await throughput(bun, label, path.clientPort, direction, streams, plan.seconds);
+          // Where the forwarder's time goes, for reading the JSON: CPU seconds per process over the run.
+          run.forwarderCpu = cpuOf(path.pids).map((after, i) => after === null ? null : after - cpuBefore[i]!);
+          runs.get(result.name)!.push(run);
+          const cpu = run.forwarderCpu.length > 0
+            ? ` (CPU ${run.forwarderCpu.map((c) => `${Math.round(100 * (c ?? NaN) / run.seconds)}%`).join(" + ")})`
+            : "";
+          log(`  ${label}: ${run.gbps.toFixed(2)} Gbit/s${cpu}`);
+        } catch (error) {
+          errors.get(result.name)!.push(firstLine(error));
+          log(`  ${label}: FAILED ${firstLine(error)}`);
+        }
+        const peak = sampler?.stop() ?? null;
+        if (peak !== null && result.peakRss) {
+          result.peakRss.sampledKiB = Math.max(result.peakRss.sampledKiB ?? 0, peak);
+        }
+        await sleep(SETTLE_MS);
+      }
+    }
+    for (const result of active) {
+      result.throughput[cell] = summarizeCell(runs.get(result.name)!, errors.get(result.name)!);
+    }
+    if (cell === "down8") { for (const r of active) endPeakWindow(r, running.get(r.name)!); }
+  }
+
+  for (const result of active) {
+    const path = running.get(result.name)!;
+    try {
+      result.latency = await latency(bun, `${result.name} latency`, path.clientPort, plan.latencyCount);
+      log(`  ${result.name} latency: p50 ${result.latency.p50.toFixed(0)} µs, p99 ${result.latency.p99.toFixed(0)} µs`);
+    } catch (error) {
+      result.errors.push(`latency: ${firstLine(error)}`);
+    }
+    await sleep(SETTLE_MS);
+  }
+  for (const result of active) {
+    const path = running.get(result.name)!;
+    try {
+      result.setup = await setup(bun, `${result.name} setup`, path.clientPort, plan.setupCount);
+      log(`  ${result.name} setup: ${result.setup.perSecond.toFixed(0)} conn/s`);
+    } catch (error) {
+      result.errors.push(`setup: ${firstLine(error)}`);
+    }
+    await sleep(SETTLE_MS);
+  }
+  await Promise.all([...running.values()].map((path) => path.stop()));
+  running.clear();
+
+  // Idle streams on a fresh forwarder each: the load above must not count.
+  for (const result of active) {
+    const path = selected.find((p) => p.name === result.name)!;
+    if (path.targets === null) continue;
+    let fresh: RunningPath | null = null;
+    try {
+      fresh = await path.start(context);
+      result.idle = await idleStreams(bun, `${result.name} idle`, fresh, idleCount);
+      if (result.idle) {
+        log(`  ${result.name} idle: ${result.idle.streams} streams, ${result.idle.perStreamKiB.toFixed(1)} KiB each`);
+      }
+    } catch (error) {
+      result.errors.push(`idle: ${firstLine(error)}`);
+      log(`  ${result.name} idle: FAILED ${firstLine(error)}`);
+    } finally {
+      await fresh?.stop();
+    }
+  }
+  await server.child.stop();
+
+  const rows = buildRows(results);
+  console.log();
+  console.log(renderRows(rows));
+  console.log();
+  for (const result of results) {
+    const note = result.status === "ok"
+      ? result.about
+      : result.status === "skipped"
+      ? result.reason
+      : `FAILED, ${result.reason}`;
+    console.log(`${result.name}: ${note}`);
+    for (const error of [...result.errors, ...Object.values(result.throughput).flatMap((c) => c!.errors)]) {
+      console.log(`  error: ${error.split("\n")[0]}`);
+    }
+  }
+  const file = jsonFile ?? join(repoRoot, "bench", "results", `${timestamp()}.json`);
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(
+    file,
+    JSON.stringify(
+      {
+        startedAt: started.toISOString(),
+        finishedAt: new Date().toISOString(),
+        host: hostInfo(context.deno, context.socat),
+        plan: { ...plan, idleCount },
+        paths: results,
+        rows,
+      },
+      null,
+      2,
+    ) + "\n",
+  );
+  console.log(`\nresults: ${file} (${((Date.now() - started.getTime()) / 1000).toFixed(0)} s)`);
+}
+
+/** Starts measuring a path's peak memory for the 8-stream phases. */
+function startPeakWindow(result: PathResult, path: RunningPath): void {
+  if (path.pids.length === 0 || result.peakRss) return;
+  const hwmReset = path.pids.every(resetPeak);
+  result.peakRss = { hwmKiB: null, sampledKiB: null, hwmReset };
+}
+
+/** Reads the peak (VmHWM, reset at the window's start) once the 8-stream phases are done. */
+function endPeakWindow(result: PathResult, path: RunningPath): void {
+  if (!result.peakRss) return;
+  result.peakRss.hwmKiB = totalMemory(path.pids)?.hwmKiB ?? null;
+}
+
+function hostInfo(deno: string | null, socat: string | null) {
+  return {
+    platform: process.platform,
+    arch: process.arch,
+    kernel: release(),
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? null,
+    loadavg: loadavg(),
+    runtime: "Bun" in globalThis ? `bun ${process.versions.bun}` : `node-compatible ${process.version}`,
+    deno,
+    socat,
+  };
+}
+
+async function main(): Promise<void> {
+  installCleanup();
+  const flags = parseFlags();
+  if (flags.soak !== null) {
+    await runSoak(flags.soak, flags.only, flags.json, bunExecutable());
+  } else {
+    await bench(flags.quick ? QUICK : FULL, flags.only, flags.json);
+  }
+  await stopAll();
+  process.exit(0);
+}
+
+await main();
