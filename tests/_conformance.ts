@@ -85,6 +85,28 @@ export function conformance(name: string, make: () => Transport): void {
       server.close();
     });
 
+    test("chunks from read() are the caller's: they stay intact while later ones arrive", async () => {
+      const transport = make();
+      const data = pseudoRandomBytes(8 * 1024 * 1024, 17);
+      const server = await serve(transport, async (conn) => {
+        await writeAll(conn, data, 256 * 1024);
+        conn.close();
+      });
+      const conn = await transport.connect({ hostname: "127.0.0.1", port: server.port });
+      // Hold every chunk until the end, so a transport that reused its buffers would corrupt earlier ones.
+      const chunks: Uint8Array[] = [];
+      for (let chunk = await conn.read(); chunk !== null; chunk = await conn.read()) chunks.push(chunk);
+      conn.close();
+      const got = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+      let at = 0;
+      for (const chunk of chunks) {
+        got.set(chunk, at);
+        at += chunk.length;
+      }
+      assert.equal(await sha256(got), await sha256(data));
+      server.close();
+    });
+
     test("connecting to a closed port fails", async () => {
       const transport = make();
       const server = await serve(transport, echo);

@@ -478,3 +478,29 @@ describe("frame decoding errors", () => {
     assert.equal(seen.length, 0);
   });
 });
+
+describe("splitTraffic", () => {
+  test("a TRAFFIC frame spanning chunks arrives as pieces with no copy; stream bytes and other frames are unchanged", () => {
+    const payloads = [pseudoRandomBytes(300_000, 1), pseudoRandomBytes(70_000, 2)];
+    const wire = new Uint8Array([
+      ...encodeFrame(FrameType.TRAFFIC, 1, payloads[0]),
+      ...encodeFrame(FrameType.WINDOW, 3, new Uint8Array([0, 0, 1, 0])),
+      ...encodeFrame(FrameType.TRAFFIC, 3, payloads[1]),
+      ...encodeFrame(FrameType.TRAFFIC, 5, new Uint8Array(0)),
+    ]);
+    const frames: Frame[] = [];
+    const decoder = new FrameDecoder((frame) => frames.push(frame), { splitTraffic: true });
+    const chunks: Uint8Array[] = [];
+    for (let at = 0; at < wire.length; at += 65_536) chunks.push(wire.slice(at, at + 65_536));
+    for (const chunk of chunks) decoder.push(chunk);
+    const bytesOf = (id: number) =>
+      Buffer.concat(frames.filter((f) => f.type === FrameType.TRAFFIC && f.streamId === id).map((f) => f.payload));
+    assert.ok(bytesOf(1).equals(Buffer.from(payloads[0])));
+    assert.ok(bytesOf(3).equals(Buffer.from(payloads[1])));
+    assert.ok(frames.filter((f) => f.streamId === 1).length > 1, "delivered in several pieces");
+    assert.ok(frames.every((f) => chunks.some((c) => c.buffer === f.payload.buffer) || f.payload.length <= 16));
+    assert.deepEqual(frames.find((f) => f.type === FrameType.WINDOW)!.payload, new Uint8Array([0, 0, 1, 0]));
+    assert.equal(frames.filter((f) => f.streamId === 5).length, 1, "an empty TRAFFIC frame still arrives");
+    assert.equal(decoder.buffered, 0);
+  });
+});

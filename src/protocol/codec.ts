@@ -5,7 +5,7 @@
  */
 
 import { ProtocolError } from "./errors.ts";
-import { type Frame, HEADER_LENGTH, MAX_PAYLOAD, PROTOCOL_VERSION } from "./frame.ts";
+import { type Frame, FrameType, HEADER_LENGTH, MAX_PAYLOAD, PROTOCOL_VERSION } from "./frame.ts";
 
 /**
  * Writes a frame header into `target` at `offset`.
@@ -66,6 +66,13 @@ export interface DecoderOptions {
    * @default {MAX_PAYLOAD}
    */
   maxPayload?: number;
+  /**
+   * Deliver a TRAFFIC frame that spans chunks as several TRAFFIC frames, one
+   * per piece as it arrives, instead of copying it together. Stream bytes
+   * mean the same either way; this saves a copy of every payload.
+   * @default {false}
+   */
+  splitTraffic?: boolean;
 }
 
 /**
@@ -76,6 +83,9 @@ export interface DecoderOptions {
 export class FrameDecoder {
   readonly #onFrame: (frame: Frame) => void;
   readonly #maxPayload: number;
+  readonly #splitTraffic: boolean;
+  /** Payload bytes of a split TRAFFIC frame still to come. */
+  #trafficLeft = 0;
   readonly #header = new Uint8Array(HEADER_LENGTH);
   #headerFill = 0;
   #version = 0;
@@ -92,11 +102,24 @@ export class FrameDecoder {
   constructor(onFrame: (frame: Frame) => void, options: DecoderOptions = {}) {
     this.#onFrame = onFrame;
     this.#maxPayload = options.maxPayload ?? MAX_PAYLOAD;
+    this.#splitTraffic = options.splitTraffic ?? false;
   }
 
   /** Bytes held for an incomplete frame. */
   get buffered(): number {
     return this.#headerFill + this.#payloadFill;
+  }
+
+  #emitPiece(chunk: Uint8Array, offset: number, end: number): number {
+    const take = Math.min(this.#trafficLeft, end - offset);
+    this.#trafficLeft -= take;
+    this.#onFrame({
+      version: this.#version,
+      streamId: this.#streamId,
+      type: this.#type,
+      payload: chunk.subarray(offset, offset + take),
+    });
+    return offset + take;
   }
 
   /**
@@ -110,6 +133,10 @@ export class FrameDecoder {
     let offset = 0;
     const end = chunk.length;
     while (offset < end) {
+      if (this.#trafficLeft > 0) {
+        offset = this.#emitPiece(chunk, offset, end);
+        continue;
+      }
       if (this.#payload !== null) {
         // Finishing a payload that started in an earlier chunk.
         const take = Math.min(this.#payload.length - this.#payloadFill, end - offset);
@@ -136,6 +163,9 @@ export class FrameDecoder {
       if (end - offset >= length) {
         this.#emit(chunk.subarray(offset, offset + length));
         offset += length;
+      } else if (this.#splitTraffic && this.#type === FrameType.TRAFFIC) {
+        this.#trafficLeft = length;
+        offset = this.#emitPiece(chunk, offset, end);
       } else {
         this.#payload = new Uint8Array(length);
         this.#payloadFill = 0;

@@ -234,7 +234,10 @@ export class Session implements StreamHost {
       (error) => this.#end(`write failed: ${errorMessage(error)}`, toError(error)),
     );
     this.#maxPayload = options.maxPayload ?? MAX_PAYLOAD;
-    this.#decoder = new FrameDecoder((frame) => this.#dispatch(frame), { maxPayload: this.#maxPayload });
+    this.#decoder = new FrameDecoder((frame) => this.#dispatch(frame), {
+      maxPayload: this.#maxPayload,
+      splitTraffic: true,
+    });
     this.ready.catch(() => {}); // observed through `closed` too
     const handshakeTimeout = options.handshakeTimeout ?? SESSION_DEFAULTS.handshakeTimeout;
     if (handshakeTimeout > 0) {

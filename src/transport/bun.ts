@@ -29,8 +29,8 @@ import {
 import {
   type Addr,
   type Conn,
-  type ConnectOptions,
   ConnectionClosedError,
+  type ConnectOptions,
   type Listener,
   type ListenOptions,
   type Transport,
@@ -207,8 +207,10 @@ class BunConn implements Conn {
 
   onData(data: Uint8Array): void {
     if (this.#done) return;
-    // Bun reuses the buffer it passes in; keep a copy.
-    const chunk = data.slice();
+    // Bun 1.4 hands each event a fresh buffer (Bun's own node:net keeps it
+    // too), so no copy; the byte-exact tests that hold chunks while more
+    // arrive would catch a runtime that reused it.
+    const chunk = data;
     const reader = this.#reader;
     if (reader !== null) {
       this.#reader = null;
@@ -463,7 +465,10 @@ function connectTls(
               throw authorizationError ?? new Error("certificate not authorized");
             }
             // Bun checks the name too; checking again costs little and does not depend on it.
-            const mismatch = nodeTls.checkServerIdentity(verification.serverName, socket.getPeerCertificate?.() as never);
+            const mismatch = nodeTls.checkServerIdentity(
+              verification.serverName,
+              socket.getPeerCertificate?.() as never,
+            );
             if (mismatch) throw mismatch;
           }
         } catch (error) {
