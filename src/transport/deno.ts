@@ -18,8 +18,8 @@ import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, tlsVerification } from "./tl
 import {
   type Addr,
   type Conn,
-  type ConnectOptions,
   ConnectionClosedError,
+  type ConnectOptions,
   type Listener,
   type ListenOptions,
   type Transport,
@@ -51,8 +51,13 @@ export interface DenoLike {
 
 // Reads start small so idle connections hold little memory, and grow while
 // the peer keeps filling them.
-const MIN_READ = 4 * 1024;
+const MIN_READ = 2 * 1024;
 const MAX_READ = 256 * 1024;
+/** Reads up to this size get a buffer of their own (idle connections stay small). */
+const SMALL_READ = 16 * 1024;
+/** Larger reads share a slab this many reads long. */
+const SLAB_READS = 4;
+const EMPTY_SLAB = new Uint8Array(0);
 
 function toAddr(addr: unknown): Addr {
   const { hostname, port } = addr as { hostname?: string; port?: number };
@@ -71,6 +76,8 @@ class DenoConn implements Conn {
   readonly remoteAddr: Addr;
   readonly #conn: DenoConnLike;
   #readSize = MIN_READ;
+  #slab = EMPTY_SLAB;
+  #slabUsed = 0;
   #eof = false;
   #wroteFin = false;
   #done = false;
@@ -91,7 +98,13 @@ class DenoConn implements Conn {
   async read(): Promise<Uint8Array | null> {
     if (this.#done) throw new ConnectionClosedError();
     if (this.#eof) return null;
-    const buffer = new Uint8Array(this.#readSize);
+    // Reads land in a slab that successive reads fill, so a busy connection
+    // allocates once per several reads; the chunk handed out is a view of it.
+    if (this.#slab.length - this.#slabUsed < this.#readSize) {
+      this.#slab = new Uint8Array(this.#readSize <= SMALL_READ ? this.#readSize : this.#readSize * SLAB_READS);
+      this.#slabUsed = 0;
+    }
+    const buffer = this.#slab.subarray(this.#slabUsed, this.#slabUsed + this.#readSize);
     let n: number | null;
     try {
       n = await this.#conn.read(buffer);
@@ -105,6 +118,7 @@ class DenoConn implements Conn {
       if (this.#wroteFin) this.#release();
       return null;
     }
+    this.#slabUsed += n;
     if (n === buffer.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
     else if (n < buffer.length >>> 2) this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
     return buffer.subarray(0, n);
@@ -187,7 +201,11 @@ class DenoListener implements Listener {
   }
 }
 
-function listenTls(deno: DenoLike, nodeTls: NodeTlsLike, options: ListenOptions & { tls: NonNullable<ListenOptions["tls"]> }) {
+function listenTls(
+  deno: DenoLike,
+  nodeTls: NodeTlsLike,
+  options: ListenOptions & { tls: NonNullable<ListenOptions["tls"]> },
+) {
   const { hostname, port, tls } = options;
   const context = serverContext(nodeTls, tls);
   const raw = new DenoListener(deno.listen({ hostname, port, transport: "tcp" }));
@@ -217,7 +235,9 @@ export function denoTransport(
           checkListenTls(options.tls);
           return Promise.resolve(listenTls(deno, nodeTls, { ...options, tls: options.tls }));
         }
-        return Promise.resolve(new DenoListener(deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" })));
+        return Promise.resolve(
+          new DenoListener(deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" })),
+        );
       } catch (error) {
         return Promise.reject(error);
       }
@@ -225,7 +245,9 @@ export function denoTransport(
     async connect(options: ConnectOptions): Promise<Conn> {
       // Bad TLS options fail before anything is dialed.
       if (options.tls) tlsVerification(options.tls, options.hostname);
-      const raw = new DenoConn(await deno.connect({ hostname: options.hostname, port: options.port, transport: "tcp" }));
+      const raw = new DenoConn(
+        await deno.connect({ hostname: options.hostname, port: options.port, transport: "tcp" }),
+      );
       return options.tls ? await startNodeTls(nodeTls, raw, { ...options, tls: options.tls }) : raw;
     },
   };
