@@ -255,7 +255,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     type: "int",
     min: 0,
     max: 1_000_000,
-    default: 200,
+    default: 1000,
     roles: ["matcher"],
     help: "new client connections per second from one address (bursts of twice that); 0: no limit",
   },

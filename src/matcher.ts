@@ -69,7 +69,7 @@ export interface MatcherOptions extends SessionTunables {
   maxRelaySessions?: number;
   /** Client connections at once. @default {50000} */
   maxClients?: number;
-  /** New client connections per second per address; 0: no limit. @default {200} */
+  /** New client connections per second per address; 0: no limit. @default {1000} */
   clientRate?: number;
   /** Milliseconds a stream may go without traffic; 0: forever. @default {0} */
   idleTimeout?: number;
@@ -237,7 +237,7 @@ class MatcherServer implements Matcher {
     }
     this.#verifier = tokens.length > 0 ? new TokenVerifier(tokens) : null;
     this.#allow = new AllowList(options.clientAllow ?? []);
-    this.#rate = new RateLimiter(options.clientRate ?? 200);
+    this.#rate = new RateLimiter(options.clientRate ?? 1000);
     this.#metrics.gauge("relay_sessions", "Relay sessions connected now.", () => this.#relays.length);
     this.#metrics.gauge("open_streams", "Client streams open now.", () => this.#openStreams());
     this.#metrics.gauge("clients_waiting", "Clients waiting for a relay.", () => this.#waiting());
