@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, test } from "node:test";
+import type { Channel } from "../src/config.ts";
 import { createLogger } from "../src/log.ts";
 import { type Matcher, startMatcher } from "../src/matcher.ts";
 import { encodeFrame } from "../src/protocol/codec.ts";
@@ -41,7 +42,7 @@ interface System {
 
 async function startSystem(
   handle: (conn: Conn) => Promise<void> | void,
-  options: { relays?: number; window?: number } = {},
+  options: { relays?: number; window?: number; channel?: Channel } = {},
 ): Promise<System> {
   const transport = tcp();
   const logs: string[] = [];
@@ -64,6 +65,8 @@ async function startSystem(
       destHost: "127.0.0.1",
       destPort: dest.port,
       connections: 1,
+      channel: options.channel,
+      poolSize: 4,
       window: options.window,
       log: log.child({ role: "relay" }),
     });
@@ -112,62 +115,66 @@ async function receiveHashed(conn: Conn): Promise<{ hash: string; bytes: number 
   return { hash: hash.digest("hex"), bytes };
 }
 
-describe("end to end over TCP", () => {
-  test("64 MiB each way arrive byte-exact (sha256)", async () => {
-    const size = 64 * MiB;
-    let destReceived: Promise<{ hash: string; bytes: number }> | null = null;
-    let destSent: Promise<string> | null = null;
-    const system = await startSystem((conn) => {
-      destReceived = receiveHashed(conn);
-      destSent = sendHashed(conn, size, 5000);
-      return Promise.all([destReceived, destSent]).then(() => conn.close());
-    });
-    const conn = await system.client();
-    const [sent, received] = await Promise.all([sendHashed(conn, size, 1000), receiveHashed(conn)]);
-    conn.close();
-    await waitFor(() => destReceived !== null && destSent !== null, 5000, "destination connection");
-    const atDest = await destReceived!;
-    assert.equal(atDest.bytes, size);
-    assert.equal(atDest.hash, sent, "client → destination");
-    assert.equal(received.bytes, size);
-    assert.equal(received.hash, await destSent!, "destination → client");
-    await system.close();
-  });
-
-  test("200 concurrent streams, each byte-exact", async () => {
-    const system = await startSystem(echo, { relays: 2 });
-    const results = await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+for (const channel of ["mux", "pool", "event"] as const) {
+  describe(`end to end over TCP (channel ${channel})`, () => {
+    test("64 MiB each way arrive byte-exact (sha256)", async () => {
+      const size = 64 * MiB;
+      let destReceived: Promise<{ hash: string; bytes: number }> | null = null;
+      let destSent: Promise<string> | null = null;
+      const system = await startSystem((conn) => {
+        destReceived = receiveHashed(conn);
+        destSent = sendHashed(conn, size, 5000);
+        return Promise.all([destReceived, destSent]).then(() => conn.close());
+      }, { channel });
       const conn = await system.client();
-      const data = pseudoRandomBytes(20_000 + i * 97, i + 1);
-      const [, got] = await Promise.all([writeAll(conn, data, 4096), readAll(conn)]);
+      const [sent, received] = await Promise.all([sendHashed(conn, size, 1000), receiveHashed(conn)]);
       conn.close();
-      return Buffer.compare(Buffer.from(got), Buffer.from(data)) === 0;
-    }));
-    assert.equal(results.filter((ok) => ok).length, 200);
-    assert.match(system.matcher.metrics(), /^o3sr_streams_opened_total 200$/m);
-    // Both relay sessions took a share.
-    assert.ok(system.matcher.stats().relays.every((r) => r.totalStreams > 1));
-    await system.close();
-  });
-
-  test("half-close: the client shuts down writing and still gets the full reply", async () => {
-    const reply = pseudoRandomBytes(2 * MiB, 9);
-    const system = await startSystem(async (conn) => {
-      const request = await readAll(conn); // ends only at the client's FIN
-      assert.equal(new TextDecoder().decode(request), "GET everything");
-      await writeAll(conn, reply);
-      conn.close();
+      await waitFor(() => destReceived !== null && destSent !== null, 5000, "destination connection");
+      const atDest = await destReceived!;
+      assert.equal(atDest.bytes, size);
+      assert.equal(atDest.hash, sent, "client → destination");
+      assert.equal(received.bytes, size);
+      assert.equal(received.hash, await destSent!, "destination → client");
+      await system.close();
     });
-    const conn = await system.client();
-    await conn.write(new TextEncoder().encode("GET everything"));
-    await conn.closeWrite();
-    const got = await readAll(conn);
-    assert.equal(got.length, reply.length);
-    assert.ok(Buffer.from(got).equals(Buffer.from(reply)));
-    conn.close();
-    await system.close();
-  });
 
+    test("200 concurrent streams, each byte-exact", async () => {
+      const system = await startSystem(echo, { relays: 2, channel });
+      const results = await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+        const conn = await system.client();
+        const data = pseudoRandomBytes(20_000 + i * 97, i + 1);
+        const [, got] = await Promise.all([writeAll(conn, data, 4096), readAll(conn)]);
+        conn.close();
+        return Buffer.compare(Buffer.from(got), Buffer.from(data)) === 0;
+      }));
+      assert.equal(results.filter((ok) => ok).length, 200);
+      assert.match(system.matcher.metrics(), /^o3sr_streams_opened_total 200$/m);
+      // Both relays took a share.
+      if (channel === "mux") assert.ok(system.matcher.stats().relays.every((r) => r.totalStreams > 1));
+      await system.close();
+    });
+
+    test("half-close: the client shuts down writing and still gets the full reply", async () => {
+      const reply = pseudoRandomBytes(2 * MiB, 9);
+      const system = await startSystem(async (conn) => {
+        const request = await readAll(conn); // ends only at the client's FIN
+        assert.equal(new TextDecoder().decode(request), "GET everything");
+        await writeAll(conn, reply);
+        conn.close();
+      }, { channel });
+      const conn = await system.client();
+      await conn.write(new TextEncoder().encode("GET everything"));
+      await conn.closeWrite();
+      const got = await readAll(conn);
+      assert.equal(got.length, reply.length);
+      assert.ok(Buffer.from(got).equals(Buffer.from(reply)));
+      conn.close();
+      await system.close();
+    });
+  });
+}
+
+describe("end to end over TCP", () => {
   test("a stalled reader stalls only its own stream, within its window", async () => {
     const window = 256 * 1024;
     let releaseStalled!: () => void;
