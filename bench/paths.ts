@@ -195,6 +195,9 @@ export const PATHS: BenchPath[] = [
   directPath,
   o3srPath({ name: "o3sr-bun", runtime: "bun", throughputRatio: 0.36 }),
   o3srPath({ name: "o3sr-deno", runtime: "deno", throughputRatio: 0.30 }),
+  // The other connection modes, under Bun: when does each win?
+  o3srPath({ name: "o3sr-bun-pool", runtime: "bun", throughputRatio: 0.36, relayArgs: ["--channel", "pool"] }),
+  o3srPath({ name: "o3sr-bun-event", runtime: "bun", throughputRatio: 0.36, relayArgs: ["--channel", "event"] }),
   socatPath,
 ];
 
