@@ -9,8 +9,8 @@
 import {
   type Addr,
   type Conn,
-  type ConnectOptions,
   ConnectionClosedError,
+  type ConnectOptions,
   type Listener,
   type ListenOptions,
   type Transport,
