@@ -38,6 +38,7 @@ import {
   type ListenOptions,
   type Transport,
 } from "./types.ts";
+import { Inbound } from "./inbound.ts";
 
 /** The slice of a `node:net` `Socket` (or `node:tls` `TLSSocket`) this adapter uses. */
 export interface NodeSocketLike {
@@ -133,12 +134,8 @@ class NodeConn implements Conn {
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
   readonly #socket: NodeSocketLike;
-  #chunks: Uint8Array[] = [];
-  #buffered = 0;
-  #paused = false;
-  #eof = false;
+  readonly #inbound: Inbound;
   #error: Error | null = null;
-  #reader: Waiter<Uint8Array | null> | null = null;
   #writers = new Set<Waiter<void>>();
   /** Writes waiting for `drain`, called when it comes (or when no more can come). */
   #drainWaiters: Array<() => void> = [];
@@ -151,6 +148,7 @@ class NodeConn implements Conn {
 
   constructor(socket: NodeSocketLike) {
     this.#socket = socket;
+    this.#inbound = new Inbound(READ_HIGH_WATER, { pause: () => socket.pause(), resume: () => socket.resume() });
     try {
       socket.setNoDelay(true);
     } catch {
@@ -172,19 +170,7 @@ class NodeConn implements Conn {
   // ---- Conn ----
 
   read(): Promise<Uint8Array | null> {
-    if (this.#closedLocally) return Promise.reject(new ConnectionClosedError());
-    const chunk = this.#chunks.shift();
-    if (chunk !== undefined) {
-      this.#buffered -= chunk.length;
-      if (this.#paused && this.#buffered < READ_HIGH_WATER >>> 1) {
-        this.#paused = false;
-        this.#socket.resume();
-      }
-      return Promise.resolve(chunk);
-    }
-    if (this.#eof) return Promise.resolve(null);
-    if (this.#error) return Promise.reject(this.#error);
-    return new Promise((resolve, reject) => this.#reader = { resolve, reject });
+    return this.#inbound.read();
   }
 
   write(chunk: Uint8Array): Promise<void> {
@@ -227,19 +213,20 @@ class NodeConn implements Conn {
     // writes now settle on their callbacks alone.
     this.#socket.end();
     this.#onDrain();
-    if (this.#eof) this.#finish();
+    if (this.#inbound.ended) this.#finish();
     return Promise.resolve();
   }
 
   close(): void {
     if (this.#closedLocally) return;
     this.#closedLocally = true;
+    this.#inbound.closeLocally();
     if (!this.#finSent) {
       this.#finSent = true;
       this.#socket.end();
     }
     // Keep reading (and dropping) so the peer's FIN can still arrive.
-    if (this.#paused) this.#socket.resume();
+    if (this.#inbound.paused) this.#socket.resume();
     this.#destroyWhenFlushed();
     this.#release(new ConnectionClosedError("connection closed"));
   }
@@ -247,6 +234,7 @@ class NodeConn implements Conn {
   reset(): void {
     if (this.#closedLocally) return;
     this.#closedLocally = true;
+    this.#inbound.closeLocally();
     const socket = this.#socket;
     try {
       if (typeof socket.resetAndDestroy !== "function") throw new Error("no resetAndDestroy");
@@ -264,29 +252,12 @@ class NodeConn implements Conn {
     if (this.#done) return;
     // A plain view of the bytes, not the Buffer: Buffer's `slice()` would
     // share memory where the caller expects a copy.
-    const chunk = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    const reader = this.#reader;
-    if (reader !== null) {
-      this.#reader = null;
-      reader.resolve(chunk);
-      return;
-    }
-    this.#chunks.push(chunk);
-    this.#buffered += chunk.length;
-    if (!this.#paused && this.#buffered >= READ_HIGH_WATER) {
-      this.#paused = true;
-      this.#socket.pause();
-    }
+    this.#inbound.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
   }
 
   #onEnd(): void {
     if (this.#closedLocally) return;
-    this.#eof = true;
-    const reader = this.#reader;
-    if (reader !== null && this.#chunks.length === 0) {
-      this.#reader = null;
-      reader.resolve(null);
-    }
+    this.#inbound.end();
     if (this.#finSent) this.#finish();
   }
 
@@ -325,13 +296,7 @@ class NodeConn implements Conn {
 
   #fail(error: Error): Error {
     if (!this.#error) this.#error = error;
-    const reader = this.#reader;
-    if (reader !== null) {
-      // A pending reader has no buffered chunks; after a clean end it gets EOF.
-      this.#reader = null;
-      if (this.#closedLocally || !this.#eof) reader.reject(this.#error);
-      else reader.resolve(null);
-    }
+    this.#inbound.fail(this.#error);
     for (const writer of this.#writers) writer.reject(this.#error);
     this.#writers.clear();
     this.#drainWaiters = [];

@@ -33,6 +33,7 @@
 import { createPublicKey, X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import { type Addr, type Conn, ConnectionClosedError, type ConnectOptions, type TlsConnectOptions } from "./types.ts";
+import { Inbound } from "./inbound.ts";
 import {
   checkFingerprint,
   DEFAULT_HANDSHAKE_TIMEOUT,
@@ -126,12 +127,11 @@ class NodeTlsConn implements Conn {
   readonly remoteAddr: Addr;
   readonly #inner: Conn;
   #socket!: NodeTlsSocketLike;
-  #chunks: Uint8Array[] = [];
-  #buffered = 0;
+  // The TLS socket is never paused (Deno's would lose the peer's end); the
+  // ciphertext feeder waits for room instead.
+  readonly #inbound = new Inbound(READ_HIGH_WATER, { pause: () => {}, resume: () => this.#wake() });
   #room: (() => void) | null = null;
-  #eof = false;
   #error: Error | null = null;
-  #reader: Waiter<Uint8Array | null> | null = null;
   #writers = new Set<Waiter<void>>();
   #finSent = false;
   #closedLocally = false;
@@ -148,7 +148,7 @@ class NodeTlsConn implements Conn {
   /** The Duplex to hand to `tls.connect`. */
   stream(): Duplex {
     return ciphertextStream(this.#inner, () => {
-      if (this.#buffered < READ_HIGH_WATER || this.#done) return Promise.resolve();
+      if (!this.#inbound.full || this.#done) return Promise.resolve();
       return new Promise((resolve) => this.#room = resolve);
     });
   }
@@ -164,16 +164,7 @@ class NodeTlsConn implements Conn {
   // ---- Conn ----
 
   read(): Promise<Uint8Array | null> {
-    if (this.#closedLocally) return Promise.reject(new ConnectionClosedError());
-    const chunk = this.#chunks.shift();
-    if (chunk !== undefined) {
-      this.#buffered -= chunk.length;
-      if (this.#buffered < READ_HIGH_WATER >>> 1) this.#wake();
-      return Promise.resolve(chunk);
-    }
-    if (this.#eof) return Promise.resolve(null);
-    if (this.#error) return Promise.reject(this.#error);
-    return new Promise((resolve, reject) => this.#reader = { resolve, reject });
+    return this.#inbound.read();
   }
 
   write(chunk: Uint8Array): Promise<void> {
@@ -197,19 +188,21 @@ class NodeTlsConn implements Conn {
     this.#finSent = true;
     // Queues close_notify, then the inner Conn's FIN, after pending writes.
     this.#socket.end();
-    if (this.#eof) this.#finish();
+    if (this.#inbound.ended) this.#finish();
     return Promise.resolve();
   }
 
   close(): void {
     if (this.#closedLocally) return;
     this.#closedLocally = true;
+    this.#inbound.closeLocally();
     this.#finish();
   }
 
   reset(): void {
     if (this.#closedLocally) return;
     this.#closedLocally = true;
+    this.#inbound.closeLocally();
     this.#inner.reset();
     this.#socket?.destroy();
     this.#release(new ConnectionClosedError("connection closed"));
@@ -220,25 +213,12 @@ class NodeTlsConn implements Conn {
   #onData(buffer: Uint8Array): void {
     if (this.#done) return;
     // A plain Uint8Array view, not a Buffer: Buffer's slice() shares memory where Uint8Array's copies.
-    const data = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-    const reader = this.#reader;
-    if (reader !== null) {
-      this.#reader = null;
-      reader.resolve(data);
-      return;
-    }
-    this.#chunks.push(data);
-    this.#buffered += data.length;
+    this.#inbound.push(new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength));
   }
 
   #onEnd(): void {
     if (this.#closedLocally) return;
-    this.#eof = true;
-    const reader = this.#reader;
-    if (reader !== null && this.#chunks.length === 0) {
-      this.#reader = null;
-      reader.resolve(null);
-    }
+    this.#inbound.end();
     if (this.#finSent) this.#finish();
   }
 
@@ -270,13 +250,7 @@ class NodeTlsConn implements Conn {
 
   #fail(error: Error): Error {
     if (!this.#error) this.#error = error;
-    const reader = this.#reader;
-    if (reader !== null) {
-      // A pending reader has no buffered chunks; after a clean end it gets EOF.
-      this.#reader = null;
-      if (this.#closedLocally || !this.#eof) reader.reject(this.#error);
-      else reader.resolve(null);
-    }
+    this.#inbound.fail(this.#error);
     for (const writer of this.#writers) writer.reject(this.#error);
     this.#writers.clear();
     return this.#error;
