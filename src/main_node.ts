@@ -9,12 +9,9 @@
  * @module
  */
 
-import { mkdir, readFile, writeFile } from "node:fs/promises";
-import { homedir } from "node:os";
-import { dirname } from "node:path";
 import process from "node:process";
 import { runCli } from "./cli.ts";
-import { targetName } from "./platform.ts";
+import { nodeSystem } from "./system_node.ts";
 import { nodeTransport } from "./transport/node.ts";
 
 /**
@@ -43,31 +40,10 @@ async function flushAndExit(code: number): Promise<never> {
   process.exit(code);
 }
 
+const { target, ...system } = nodeSystem();
 const code = await runCli(process.argv.slice(2), {
+  ...system,
   transport: nodeTransport(),
-  runtime: { ...runtimeName(), target: targetName(process.platform, process.arch) },
-  env: (name) => process.env[name],
-  homeDir: () => homedir(),
-  readTextFile: async (path) => {
-    try {
-      return await readFile(path, "utf8");
-    } catch (error) {
-      if ((error as { code?: string }).code === "ENOENT") return null;
-      throw error;
-    }
-  },
-  stdout: (line) => console.log(line),
-  stderr: (line) => console.error(line),
-  onShutdownSignal: (handler) => {
-    process.on("SIGINT", () => handler("SIGINT"));
-    // Windows never delivers SIGTERM; listening for it is harmless there.
-    process.on("SIGTERM", () => handler("SIGTERM"));
-  },
-  writeTextFile: async (path, text, { overwrite }) => {
-    await mkdir(dirname(path), { recursive: true });
-    // "wx" fails with EEXIST on an existing file, as the Platform contract asks.
-    await writeFile(path, text, { flag: overwrite ? "w" : "wx" });
-  },
-  exit: (code) => process.exit(code),
+  runtime: { ...runtimeName(), target },
 });
 await flushAndExit(code);
