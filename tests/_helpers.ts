@@ -6,6 +6,8 @@
 import { bunTransport } from "../src/transport/bun.ts";
 import { denoTransport } from "../src/transport/deno.ts";
 import type { Conn, Listener, Transport } from "../src/transport/types.ts";
+import { type Matcher, type MatcherOptions, startMatcher } from "../src/matcher.ts";
+import { type Relay, type RelayOptions, startRelay } from "../src/relay.ts";
 
 /** The runtime executing the tests. */
 export const runtime: "bun" | "deno" = "Bun" in globalThis ? "bun" : "deno";
@@ -192,4 +194,25 @@ export async function expectCutOff(conn: Conn, what = "connection cut off"): Pro
   } else if (outcome !== "reset" && outcome !== "closed") {
     throw new Error(`${what}: expected a reset or an empty end, got ${outcome}`);
   }
+}
+
+/** A matcher on 127.0.0.1 with free relay and client ports; `options` add to or override that. */
+export function localMatcher(options: Partial<MatcherOptions> & { transport: Transport }): Promise<Matcher> {
+  return startMatcher({ listenHost: "127.0.0.1", relayPort: 0, clientPort: 0, ...options });
+}
+
+/** A relay with one session to `matcher`, forwarding to 127.0.0.1:`destPort`; `options` add to or override that. */
+export function localRelay(
+  matcher: Matcher,
+  destPort: number,
+  options: Partial<RelayOptions> & { transport: Transport },
+): Relay {
+  return startRelay({
+    matcherHost: "127.0.0.1",
+    matcherPort: matcher.relayAddr.port,
+    destHost: "127.0.0.1",
+    destPort,
+    connections: 1,
+    ...options,
+  });
 }

@@ -90,3 +90,32 @@ export function spawnCommand(command: string, args: string[]): O3srProcess {
     },
   };
 }
+
+/** CLI arguments of a matcher on 127.0.0.1 with the given ports. */
+export function matcherArgs(relayPort: number, clientPort: number): string[] {
+  return [
+    "matcher",
+    "--listen-host",
+    "127.0.0.1",
+    "--relay-port",
+    String(relayPort),
+    "--client-port",
+    String(clientPort),
+  ];
+}
+
+/** CLI arguments of a relay dialing 127.0.0.1:`relayPort` and forwarding to 127.0.0.1:`destPort`. */
+export function relayArgs(relayPort: number, destPort: number, ...extra: string[]): string[] {
+  return [
+    "relay",
+    "--matcher-host",
+    "127.0.0.1",
+    "--matcher-port",
+    String(relayPort),
+    "--dest-host",
+    "127.0.0.1",
+    "--dest-port",
+    String(destPort),
+    ...extra,
+  ];
+}

@@ -15,6 +15,8 @@ import type { Conn, Transport } from "../src/transport/types.ts";
 import {
   delay,
   echo,
+  localMatcher,
+  localRelay,
   pseudoRandomBytes,
   readAll,
   readExactly,
@@ -48,22 +50,15 @@ async function startSystem(
   const logs: string[] = [];
   const log = createLogger({ level: "debug", write: (line) => logs.push(line) });
   const dest = await serve(transport, handle);
-  const matcher = await startMatcher({
+  const matcher = await localMatcher({
     transport,
-    listenHost: "127.0.0.1",
-    relayPort: 0,
-    clientPort: 0,
     window: options.window,
     log: log.child({ role: "matcher" }),
   });
   const relays: Relay[] = [];
   const addRelay = async () => {
-    const relay = startRelay({
+    const relay = localRelay(matcher, dest.port, {
       transport,
-      matcherHost: "127.0.0.1",
-      matcherPort: matcher.relayAddr.port,
-      destHost: "127.0.0.1",
-      destPort: dest.port,
       connections: 1,
       channel: options.channel,
       poolSize: 4,
@@ -255,7 +250,7 @@ describe("end to end over TCP", () => {
   test("matcher restarted on the same ports: the relay reconnects by itself", async () => {
     const transport = tcp();
     const dest = await serve(transport, echo);
-    let matcher = await startMatcher({ transport, listenHost: "127.0.0.1", relayPort: 0, clientPort: 0 });
+    let matcher = await localMatcher({ transport });
     const { relayAddr, clientAddr } = matcher;
     const relay = startRelay({
       transport,
@@ -290,13 +285,9 @@ describe("end to end over TCP", () => {
     const dead = await serve(transport, echo);
     const deadPort = dead.port;
     dead.close();
-    const matcher = await startMatcher({ transport, listenHost: "127.0.0.1", relayPort: 0, clientPort: 0 });
-    const relay = startRelay({
+    const matcher = await localMatcher({ transport });
+    const relay = localRelay(matcher, deadPort, {
       transport,
-      matcherHost: "127.0.0.1",
-      matcherPort: matcher.relayAddr.port,
-      destHost: "127.0.0.1",
-      destPort: deadPort,
       connections: 1,
       log: createLogger({ write: (line) => logs.push(line) }),
     });
@@ -323,11 +314,8 @@ describe("end to end over TCP", () => {
   test("no relay connected: the client waits, then is closed and the event logged", async () => {
     const transport = tcp();
     const logs: string[] = [];
-    const matcher = await startMatcher({
+    const matcher = await localMatcher({
       transport,
-      listenHost: "127.0.0.1",
-      relayPort: 0,
-      clientPort: 0,
       relayWait: 300,
       log: createLogger({ write: (line) => logs.push(line) }),
     });
@@ -343,17 +331,13 @@ describe("end to end over TCP", () => {
   test("a client that arrives before any relay is served once one connects", async () => {
     const transport = tcp();
     const dest = await serve(transport, echo);
-    const matcher = await startMatcher({ transport, listenHost: "127.0.0.1", relayPort: 0, clientPort: 0 });
+    const matcher = await localMatcher({ transport });
     const conn = await transport.connect({ hostname: "127.0.0.1", port: matcher.clientAddr.port });
     await conn.write(new TextEncoder().encode("early"));
     await delay(200);
     assert.equal(matcher.stats().clientsWaiting, 1);
-    const relay = startRelay({
+    const relay = localRelay(matcher, dest.port, {
       transport,
-      matcherHost: "127.0.0.1",
-      matcherPort: matcher.relayAddr.port,
-      destHost: "127.0.0.1",
-      destPort: dest.port,
     });
     assert.equal(new TextDecoder().decode(await readExactly(conn, 5)), "early");
     conn.close();

@@ -18,6 +18,8 @@ import {
   delay,
   echo,
   freePort,
+  localMatcher,
+  localRelay,
   pseudoRandomBytes,
   readAll,
   readExactly,
@@ -26,7 +28,7 @@ import {
   waitFor,
   writeAll,
 } from "./_helpers.ts";
-import { type O3srProcess, spawnFromSource } from "./_process.ts";
+import { type O3srProcess, relayArgs, spawnFromSource } from "./_process.ts";
 
 const transport = tcp();
 const encoder = new TextEncoder();
@@ -114,21 +116,14 @@ describe("fuzzing", () => {
     const onUnhandled = (error: unknown) => unhandled.push(error);
     process.on("unhandledRejection", onUnhandled);
     const dest = await serve(transport, echo);
-    const matcher = await startMatcher({
+    const matcher = await localMatcher({
       transport,
-      listenHost: "127.0.0.1",
-      relayPort: 0,
-      clientPort: 0,
       handshakeTimeout: 2000,
       maxRelaySessions: 100_000,
       summaryInterval: 0,
     });
-    const relay = startRelay({
+    const relay = localRelay(matcher, dest.port, {
       transport,
-      matcherHost: "127.0.0.1",
-      matcherPort: matcher.relayAddr.port,
-      destHost: "127.0.0.1",
-      destPort: dest.port,
       connections: 1,
     });
     await relay.connected();
@@ -205,20 +200,13 @@ describe("fuzzing", () => {
 describe("load", () => {
   test("1,000 concurrent streams, each byte-exact", async () => {
     const dest = await serve(transport, echo);
-    const matcher = await startMatcher({
+    const matcher = await localMatcher({
       transport,
-      listenHost: "127.0.0.1",
-      relayPort: 0,
-      clientPort: 0,
       clientRate: 0,
       summaryInterval: 0,
     });
-    const relay = startRelay({
+    const relay = localRelay(matcher, dest.port, {
       transport,
-      matcherHost: "127.0.0.1",
-      matcherPort: matcher.relayAddr.port,
-      destHost: "127.0.0.1",
-      destPort: dest.port,
       connections: 2,
     });
     await relay.connected();
@@ -249,22 +237,8 @@ describe("load", () => {
       clientRate: 0,
       summaryInterval: 0,
     });
-    const relayArgs = [
-      "relay",
-      "--matcher-host",
-      "127.0.0.1",
-      "--matcher-port",
-      String(relayPort),
-      "--dest-host",
-      "127.0.0.1",
-      "--dest-port",
-      String(dest.port),
-      "--connections",
-      "2",
-      "--reconnect-max",
-      "500ms",
-    ];
-    let relay: O3srProcess = spawnFromSource(relayArgs);
+    const relayCli = relayArgs(relayPort, dest.port, "--connections", "2", "--reconnect-max", "500ms");
+    let relay: O3srProcess = spawnFromSource(relayCli);
     let stop = false;
     const outcomes = { ok: 0, failed: 0, slowest: 0 };
     // Clients keep coming, each bounded: a full echo, or a prompt failure.
@@ -292,7 +266,7 @@ describe("load", () => {
         relay.signal("SIGKILL");
         await relay.exited;
         await delay(200);
-        relay = spawnFromSource(relayArgs);
+        relay = spawnFromSource(relayCli);
       }
       await waitFor(() => matcher.stats().relays.length === 2, 15_000, "relay up at the end");
       const before = outcomes.ok;

@@ -26,7 +26,7 @@ import { VERSION } from "../src/version.ts";
 import { type TestCerts, testCerts, withTls } from "./_certs.ts";
 import { conformance } from "./_conformance.ts";
 import { echo, freePort, pseudoRandomBytes, readAll, repoRoot, runtime, serve, tcp, writeAll } from "./_helpers.ts";
-import { spawnCommand } from "./_process.ts";
+import { matcherArgs, relayArgs, spawnCommand } from "./_process.ts";
 
 const windows = process.platform === "win32";
 
@@ -296,28 +296,8 @@ describe("the Node bundle", { skip: node === null && noNode }, () => {
     const transport = tcp();
     const dest = await serve(transport, echo);
     const [relayPort, clientPort] = [await freePort(), await freePort()];
-    const matcher = spawnCommand(node!, [
-      temp.cliBundle(),
-      "matcher",
-      "--listen-host",
-      "127.0.0.1",
-      "--relay-port",
-      String(relayPort),
-      "--client-port",
-      String(clientPort),
-    ]);
-    const relay = spawnCommand(node!, [
-      temp.cliBundle(),
-      "relay",
-      "--matcher-host",
-      "127.0.0.1",
-      "--matcher-port",
-      String(relayPort),
-      "--dest-host",
-      "127.0.0.1",
-      "--dest-port",
-      String(dest.port),
-    ]);
+    const matcher = spawnCommand(node!, [temp.cliBundle(), ...matcherArgs(relayPort, clientPort)]);
+    const relay = spawnCommand(node!, [temp.cliBundle(), ...relayArgs(relayPort, dest.port)]);
     try {
       // The relay logs "connected to <matcher> ..." for each session it opens.
       await relay.waitForLog(/\bconnected to\b/);

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import process from "node:process";
 import { describe, test } from "node:test";
 import { echo, freePort, readAll, readExactly, runtime, serve, tcp } from "./_helpers.ts";
-import { type O3srProcess, spawnFromSource } from "./_process.ts";
+import { matcherArgs, type O3srProcess, relayArgs, spawnFromSource } from "./_process.ts";
 
 // Graceful shutdown is driven by SIGTERM, which Windows cannot deliver.
 const windows = process.platform === "win32";
@@ -32,38 +32,18 @@ describe("o3sr processes", () => {
       const [relayPort, clientPort] = [await freePort(), await freePort()];
       const children: O3srProcess[] = [];
       const spawned = (child: O3srProcess) => (children.push(child), child);
-      const matcher = spawnFromSource([
-        "matcher",
-        "--listen-host",
-        "127.0.0.1",
-        "--relay-port",
-        String(relayPort),
-        "--client-port",
-        String(clientPort),
-      ]);
-      const relayArgs = [
-        "relay",
-        "--matcher-host",
-        "127.0.0.1",
-        "--matcher-port",
-        String(relayPort),
-        "--dest-host",
-        "127.0.0.1",
-        "--dest-port",
-        String(dest.port),
-        "--connections",
-        "1",
-      ];
+      const matcher = spawnFromSource(matcherArgs(relayPort, clientPort));
+      const relayCli = relayArgs(relayPort, dest.port, "--connections", "1");
       try {
         await matcher.waitForLog(/matcher listening/);
-        const first = spawned(spawnFromSource(relayArgs));
+        const first = spawned(spawnFromSource(relayCli));
         await first.waitForLog(/connected to /);
 
         const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
         await conn.write(new TextEncoder().encode("ping"));
         assert.equal(new TextDecoder().decode(await readExactly(conn, 4)), "ping");
 
-        const second = spawned(spawnFromSource(relayArgs));
+        const second = spawned(spawnFromSource(relayCli));
         await second.waitForLog(/connected to /);
         const killedAt = Date.now();
         first.signal("SIGKILL");

@@ -8,11 +8,21 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, test } from "node:test";
 import { createLogger } from "../src/log.ts";
-import { type Matcher, startMatcher } from "../src/matcher.ts";
+import type { Matcher } from "../src/matcher.ts";
 import { type RelayOptions, startRelay } from "../src/relay.ts";
 import { fingerprintOfPem } from "../src/transport/tls.ts";
 import { testCerts } from "./_certs.ts";
-import { echo, pseudoRandomBytes, readAll, serve, tcp, waitFor, writeAll } from "./_helpers.ts";
+import {
+  echo,
+  localMatcher,
+  localRelay,
+  pseudoRandomBytes,
+  readAll,
+  serve,
+  tcp,
+  waitFor,
+  writeAll,
+} from "./_helpers.ts";
 
 const transport = tcp();
 const certs = testCerts();
@@ -30,11 +40,8 @@ async function transfer(matcher: Matcher, size = 16 * 1024 * 1024): Promise<void
 async function setup(relayOptions: Partial<RelayOptions>, matcherTls: "ca" | "self-signed" | null = "ca") {
   const dest = await serve(transport, echo);
   const logs: string[] = [];
-  const matcher = await startMatcher({
+  const matcher = await localMatcher({
     transport,
-    listenHost: "127.0.0.1",
-    relayPort: 0,
-    clientPort: 0,
     tls: matcherTls === "ca"
       ? { cert: certs.serverCert, key: certs.serverKey }
       : matcherTls === "self-signed"
@@ -43,12 +50,8 @@ async function setup(relayOptions: Partial<RelayOptions>, matcherTls: "ca" | "se
     log: createLogger({ level: "debug", write: (line) => logs.push(line) }),
   });
   const relayLogs: string[] = [];
-  const relay = startRelay({
+  const relay = localRelay(matcher, dest.port, {
     transport,
-    matcherHost: "127.0.0.1",
-    matcherPort: matcher.relayAddr.port,
-    destHost: "127.0.0.1",
-    destPort: dest.port,
     connections: 1,
     reconnectMax: 1000,
     log: createLogger({ level: "debug", write: (line) => relayLogs.push(line) }),
@@ -120,11 +123,8 @@ describe("matcher and relay over TLS and WebSocket", () => {
   test("wss:// with the test CA", async () => {
     // The URL needs the port, known only once the matcher listens, so no setup() here.
     const dest = await serve(transport, echo);
-    const matcher = await startMatcher({
+    const matcher = await localMatcher({
       transport,
-      listenHost: "127.0.0.1",
-      relayPort: 0,
-      clientPort: 0,
       tls: { cert: certs.serverCert, key: certs.serverKey },
     });
     const relay = startRelay({

@@ -5,12 +5,24 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { createLogger } from "../src/log.ts";
-import { type Matcher, type MatcherOptions, startMatcher } from "../src/matcher.ts";
+import type { Matcher, MatcherOptions } from "../src/matcher.ts";
 import { encodeFrame, FrameDecoder } from "../src/protocol/codec.ts";
 import { type Frame, FrameType } from "../src/protocol/frame.ts";
-import { type Relay, type RelayOptions, startRelay } from "../src/relay.ts";
+import type { Relay, RelayOptions } from "../src/relay.ts";
 import type { Conn, Transport } from "../src/transport/types.ts";
-import { delay, echo, expectCutOff, readAll, readExactly, serve, tcp, type TestServer, waitFor } from "./_helpers.ts";
+import {
+  delay,
+  echo,
+  expectCutOff,
+  localMatcher,
+  localRelay,
+  readAll,
+  readExactly,
+  serve,
+  tcp,
+  type TestServer,
+  waitFor,
+} from "./_helpers.ts";
 
 const SECRET = "correct-horse-battery-staple-42";
 const encoder = new TextEncoder();
@@ -30,11 +42,8 @@ async function startHub(options: Partial<MatcherOptions> = {}): Promise<Hub> {
   const transport = tcp();
   const logs: string[] = [];
   const dest = await serve(transport, echo);
-  const matcher = await startMatcher({
+  const matcher = await localMatcher({
     transport,
-    listenHost: "127.0.0.1",
-    relayPort: 0,
-    clientPort: 0,
     log: createLogger({ level: "debug", write: (line) => logs.push(line) }),
     ...options,
   });
@@ -45,12 +54,8 @@ async function startHub(options: Partial<MatcherOptions> = {}): Promise<Hub> {
     dest,
     logs,
     relay(relayOptions = {}, relayLogs = logs) {
-      const relay = startRelay({
+      const relay = localRelay(matcher, dest.port, {
         transport,
-        matcherHost: "127.0.0.1",
-        matcherPort: matcher.relayAddr.port,
-        destHost: "127.0.0.1",
-        destPort: dest.port,
         connections: 1,
         log: createLogger({ level: "debug", write: (line) => relayLogs.push(line) }),
         ...relayOptions,

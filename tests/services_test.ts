@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { createLogger } from "../src/log.ts";
-import { type Matcher, type MatcherOptions, startMatcher } from "../src/matcher.ts";
+import type { Matcher, MatcherOptions } from "../src/matcher.ts";
 import { type Relay, type RelayEventMap, type RelayOptions, startRelay } from "../src/relay.ts";
 import type { Conn, Transport } from "../src/transport/types.ts";
 import { startMatcher as startLibraryMatcher, startRelay as startLibraryRelay } from "../mod.ts";
@@ -14,6 +14,7 @@ import {
   delay,
   echo,
   freePort,
+  localMatcher,
   pseudoRandomBytes,
   readAll,
   readExactly,
@@ -37,11 +38,8 @@ function named(name: string): Promise<TestServer> {
 }
 
 async function matcherWith(options: Partial<MatcherOptions> = {}, logs: string[] = []): Promise<Matcher> {
-  return await startMatcher({
+  return await localMatcher({
     transport,
-    listenHost: "127.0.0.1",
-    relayPort: 0,
-    clientPort: 0,
     log: createLogger({ level: "debug", write: (line) => logs.push(line) }),
     ...options,
   });

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { describe, test } from "node:test";
 import { echo, freePort, pseudoRandomBytes, readAll, repoRoot, runtime, serve, tcp, writeAll } from "./_helpers.ts";
-import { spawnCommand } from "./_process.ts";
+import { matcherArgs, relayArgs, spawnCommand } from "./_process.ts";
 
 const windows = process.platform === "win32";
 const given = process.env.O3SR_BINARY;
@@ -42,26 +42,8 @@ describe(
       const transport = tcp();
       const dest = await serve(transport, echo);
       const [relayPort, clientPort] = [await freePort(), await freePort()];
-      const matcher = spawnCommand(binary, [
-        "matcher",
-        "--listen-host",
-        "127.0.0.1",
-        "--relay-port",
-        String(relayPort),
-        "--client-port",
-        String(clientPort),
-      ]);
-      const relay = spawnCommand(binary, [
-        "relay",
-        "--matcher-host",
-        "127.0.0.1",
-        "--matcher-port",
-        String(relayPort),
-        "--dest-host",
-        "127.0.0.1",
-        "--dest-port",
-        String(dest.port),
-      ]);
+      const matcher = spawnCommand(binary, matcherArgs(relayPort, clientPort));
+      const relay = spawnCommand(binary, relayArgs(relayPort, dest.port));
       try {
         const version = execFileSync(binary, ["--version"]).toString().trim();
         assert.match(version, /^o3sr \d+\.\d+\.\d+ \((bun|deno) [\d.]+, [a-z]+-[a-z0-9]+\)$/);
