@@ -7,8 +7,7 @@
  */
 
 import { readFileSync, writeFileSync } from "node:fs";
-import { fullHelp } from "../src/cli.ts";
-import { displayDefault } from "../src/cli.ts";
+import { displayDefault, fullHelp } from "../src/cli.ts";
 import { OPTIONS } from "../src/config.ts";
 
 const README = new URL("../README.md", import.meta.url);
