@@ -422,12 +422,15 @@ class RelayClient extends EventTarget implements Relay {
   async #register(session: Session, target: Target): Promise<void> {
     const names = [...this.#destinations.keys()];
     const stream = session.openStream({ register: names.map((name) => ({ name })) });
-    const chunks: Uint8Array[] = [];
-    for (let chunk = await stream.read(); chunk !== null; chunk = await stream.read()) chunks.push(chunk);
+    const decoder = new TextDecoder();
+    let text = "";
+    for (let chunk = await stream.read(); chunk !== null; chunk = await stream.read()) {
+      text += decoder.decode(chunk, { stream: true });
+    }
     stream.close();
     let reply: { services?: Record<string, { port?: number; error?: string }> };
     try {
-      reply = JSON.parse(new TextDecoder().decode(concat(chunks)));
+      reply = JSON.parse(text + decoder.decode());
     } catch {
       throw new Error("the matcher answered the service registration with something that is not JSON");
     }
@@ -570,14 +573,4 @@ class RelayClient extends EventTarget implements Relay {
       return false;
     });
   }
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.length;
-  }
-  return out;
 }

@@ -7,7 +7,17 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { ConnectionClosedError, type Transport } from "../src/transport/types.ts";
-import { echo, pseudoRandomBytes, readAll, readExactly, serve, settlesWithin, sha256, writeAll } from "./_helpers.ts";
+import {
+  concat,
+  echo,
+  pseudoRandomBytes,
+  readAll,
+  readExactly,
+  serve,
+  settlesWithin,
+  sha256,
+  writeAll,
+} from "./_helpers.ts";
 
 /**
  * Registers the conformance cases for one transport.
@@ -97,13 +107,7 @@ export function conformance(name: string, make: () => Transport): void {
       const chunks: Uint8Array[] = [];
       for (let chunk = await conn.read(); chunk !== null; chunk = await conn.read()) chunks.push(chunk);
       conn.close();
-      const got = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      let at = 0;
-      for (const chunk of chunks) {
-        got.set(chunk, at);
-        at += chunk.length;
-      }
-      assert.equal(await sha256(got), await sha256(data));
+      assert.equal(await sha256(concat(chunks)), await sha256(data));
       server.close();
     });
 

@@ -58,23 +58,22 @@ export class Tally {
   }
 }
 
-/** Reads a connection to its end, returning all bytes. */
-export async function readAll(conn: Conn): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const chunk = await conn.read();
-    if (chunk === null) break;
-    chunks.push(chunk);
-    total += chunk.length;
-  }
-  const out = new Uint8Array(total);
+/** Joins chunks into one buffer. */
+export function concat(chunks: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
   let at = 0;
   for (const chunk of chunks) {
     out.set(chunk, at);
     at += chunk.length;
   }
   return out;
+}
+
+/** Reads a connection to its end, returning all bytes. */
+export async function readAll(conn: Conn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  for (let chunk = await conn.read(); chunk !== null; chunk = await conn.read()) chunks.push(chunk);
+  return concat(chunks);
 }
 
 /** Reads exactly `n` bytes, or throws at an early end. Bytes past `n` in the last chunk are dropped. */

@@ -11,6 +11,7 @@ import { type Frame, FrameType } from "../src/protocol/frame.ts";
 import type { Relay, RelayOptions } from "../src/relay.ts";
 import type { Conn, Transport } from "../src/transport/types.ts";
 import {
+  concat,
   delay,
   echo,
   expectCutOff,
@@ -99,16 +100,6 @@ async function tap(transport: Transport, port: number) {
     await Promise.all([copy(conn, upstream, up), copy(upstream, conn)]);
   });
   return { port: server.port, close: () => server.close(), captured: () => concat(up) };
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.length;
-  }
-  return out;
 }
 
 function frames(bytes: Uint8Array): Frame[] {
