@@ -63,7 +63,7 @@ export interface SessionOptions {
   window?: number;
   /**
    * Largest TRAFFIC payload this side sends.
-   * @default {131072}
+   * @default {262144}
    */
   maxFramePayload?: number;
   /**
@@ -142,7 +142,7 @@ export interface SessionStats {
 /** Session defaults, shared with config so that help texts show them. */
 export const SESSION_DEFAULTS = {
   window: 1024 * 1024,
-  maxFramePayload: 128 * 1024,
+  maxFramePayload: 256 * 1024,
   writeHighWater: 256 * 1024,
   heartbeatInterval: 10_000,
   heartbeatTimeout: 30_000,

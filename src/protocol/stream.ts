@@ -9,7 +9,7 @@ import type { Addr, Conn } from "../transport/types.ts";
 import { ConnectionClosedError } from "../transport/types.ts";
 import { ProtocolError, StreamResetError } from "./errors.ts";
 import { FrameType, MAX_WINDOW } from "./frame.ts";
-import type { FrameWriter } from "./writer.ts";
+import { COPY_LIMIT, type FrameWriter } from "./writer.ts";
 
 /** What a stream needs from its session. */
 export interface StreamHost {
@@ -189,9 +189,14 @@ export class Stream implements Conn {
     return new Promise((resolve, reject) => this.#reader = { resolve, reject });
   }
 
-  /** Sends `chunk`, waiting for window credit and session buffer room as needed. */
+  /**
+   * Sends `chunk`, waiting for window credit and session buffer room as needed.
+   * Large chunks are written from `chunk` itself, so it must stay unchanged
+   * until the returned promise resolves.
+   */
   async write(chunk: Uint8Array): Promise<void> {
     let offset = 0;
+    let keptUntil = -1;
     while (offset < chunk.length) {
       this.#checkWritable();
       if (this.#sendCredit === 0) {
@@ -204,11 +209,13 @@ export class Stream implements Conn {
         continue;
       }
       const size = Math.min(chunk.length - offset, this.#sendCredit, this.#host.maxFramePayload);
-      writer.frame(FrameType.TRAFFIC, this.id, chunk.subarray(offset, offset + size));
+      const position = writer.frame(FrameType.TRAFFIC, this.id, chunk.subarray(offset, offset + size));
+      if (size >= COPY_LIMIT) keptUntil = position;
       this.#sendCredit -= size;
       offset += size;
       this.#host.countBytes(size, 0);
     }
+    if (keptUntil >= 0) await this.#host.writer.written(keptUntil);
   }
 
   /** Half-closes: the peer reads `null` after the bytes written so far. */
@@ -355,7 +362,9 @@ export class Stream implements Conn {
       waiter.reject(error ?? new ConnectionClosedError(`stream ${this.id} closed`));
     }
     this.#host.release(this);
-    this.#rejectAccepted(error ?? new ConnectionClosedError(`stream ${this.id} closed before it was accepted`));
+    if (!this.#acknowledged) {
+      this.#rejectAccepted(error ?? new ConnectionClosedError(`stream ${this.id} closed before it was accepted`));
+    }
     this.#resolveClosed();
   }
 }

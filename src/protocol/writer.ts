@@ -1,7 +1,9 @@
 /**
- * Coalescing frame writer: frames are encoded straight into one of two
- * buffers; while one is being written to the connection the next fills up, so
- * a burst of small frames costs one write and steady state allocates nothing.
+ * Coalescing frame writer: headers and small frames are encoded straight into
+ * one of two buffers; while one is being written to the connection the next
+ * fills up, so a burst of small frames costs one write and steady state
+ * allocates nothing. Large payloads are not copied: they are written from the
+ * caller's buffer, between the bytes queued before and after them.
  *
  * @module
  */
@@ -12,6 +14,19 @@ import { HEADER_LENGTH } from "./frame.ts";
 
 const INITIAL_BUFFER = 64 * 1024;
 
+/**
+ * Payloads at least this long are written from the caller's buffer rather than
+ * copied: one more write call costs less than copying them. The caller must
+ * leave such a payload unchanged until {@linkcode FrameWriter.written} says so.
+ */
+export const COPY_LIMIT = 16 * 1024;
+
+/** A payload written by reference, after the buffered bytes before `at`. */
+interface Cut {
+  at: number;
+  payload: Uint8Array;
+}
+
 /** Writes frames to a connection, in the order they were queued. */
 export class FrameWriter {
   readonly #conn: Conn;
@@ -19,11 +34,15 @@ export class FrameWriter {
   readonly #onError: (error: unknown) => void;
   #fill = new Uint8Array(INITIAL_BUFFER);
   #fillLength = 0;
+  #fillCuts: Cut[] = [];
   #spare = new Uint8Array(INITIAL_BUFFER);
-  #inFlight = 0;
+  /** Bytes ever queued, and ever handed to the connection: positions in the output. */
+  #queued = 0;
+  #written = 0;
   #writing = false;
   #failed = false;
   #drainWaiters: Array<() => void> = [];
+  #writtenWaiters: Array<{ position: number; resolve: () => void }> = [];
 
   /**
    * @param conn where frames go
@@ -38,7 +57,7 @@ export class FrameWriter {
 
   /** Bytes queued or being written. */
   get pending(): number {
-    return this.#fillLength + this.#inFlight;
+    return this.#queued - this.#written;
   }
 
   /** Whether writers of bulk data should wait for {@linkcode FrameWriter.drained}. */
@@ -52,13 +71,26 @@ export class FrameWriter {
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
-  /** Queues a frame; copies `payload`, so the caller may reuse it at once. */
-  frame(type: number, streamId: number, payload?: Uint8Array): void {
-    if (this.#failed) return;
+  /**
+   * Queues a frame. A payload shorter than {@linkcode COPY_LIMIT} is copied;
+   * a longer one is kept until written.
+   *
+   * @returns the output position just past this frame, for {@linkcode FrameWriter.written}
+   */
+  frame(type: number, streamId: number, payload?: Uint8Array): number {
+    if (this.#failed) return this.#queued;
     const length = payload === undefined ? 0 : payload.length;
+    if (length >= COPY_LIMIT) {
+      const at = this.#reserve(HEADER_LENGTH);
+      writeHeader(this.#fill, at, type, streamId, length);
+      this.#fillCuts.push({ at: at + HEADER_LENGTH, payload: payload! });
+      this.#queued += length;
+      return this.#queued;
+    }
     const at = this.#reserve(HEADER_LENGTH + length);
     writeHeader(this.#fill, at, type, streamId, length);
     if (length > 0) this.#fill.set(payload!, at + HEADER_LENGTH);
+    return this.#queued;
   }
 
   /** Queues a frame whose payload is one uint32 (such as a window increment). */
@@ -69,11 +101,15 @@ export class FrameWriter {
     writeUint32(this.#fill, at + HEADER_LENGTH, value);
   }
 
+  /** Resolves once the output up to `position` was handed to the connection (or the writer failed). */
+  written(position: number): Promise<void> {
+    if (this.#written >= position || this.#failed) return Promise.resolve();
+    return new Promise((resolve) => this.#writtenWaiters.push({ position, resolve }));
+  }
+
   /** Resolves once everything queued so far was handed to the connection. */
-  async flushed(): Promise<void> {
-    while ((this.#writing || this.#fillLength > 0) && !this.#failed) {
-      await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
-    }
+  flushed(): Promise<void> {
+    return this.written(this.#queued);
   }
 
   #reserve(size: number): number {
@@ -84,6 +120,7 @@ export class FrameWriter {
       this.#fill = grown;
     }
     this.#fillLength = at + size;
+    this.#queued += size;
     if (!this.#writing) {
       this.#writing = true;
       // Defer to a microtask so frames queued in the same tick share one write.
@@ -97,18 +134,24 @@ export class FrameWriter {
       while (this.#fillLength > 0 && !this.#failed) {
         const buffer = this.#fill;
         const length = this.#fillLength;
+        const cuts = this.#fillCuts;
         this.#fill = this.#spare;
         this.#fillLength = 0;
+        this.#fillCuts = [];
         this.#spare = buffer;
-        this.#inFlight = length;
-        await this.#conn.write(buffer.subarray(0, length));
-        this.#inFlight = 0;
-        if (!this.congested) this.#wake();
+        let from = 0;
+        for (const cut of cuts) {
+          await this.#write(buffer.subarray(from, cut.at));
+          await this.#write(cut.payload);
+          from = cut.at;
+        }
+        if (from < length) await this.#write(buffer.subarray(from, length));
       }
     } catch (error) {
       this.#failed = true;
       this.#fillLength = 0;
-      this.#inFlight = 0;
+      this.#fillCuts = [];
+      this.#written = this.#queued;
       this.#onError(error);
     } finally {
       this.#writing = false;
@@ -116,9 +159,22 @@ export class FrameWriter {
     }
   }
 
+  async #write(bytes: Uint8Array): Promise<void> {
+    if (this.#failed) return;
+    await this.#conn.write(bytes);
+    this.#written += bytes.length;
+    this.#wake();
+  }
+
   #wake(): void {
+    const waiting = this.#writtenWaiters;
+    if (waiting.length > 0 && (waiting[0].position <= this.#written || this.#failed)) {
+      let done = 0;
+      while (done < waiting.length && (waiting[done].position <= this.#written || this.#failed)) done++;
+      for (const waiter of waiting.splice(0, done)) waiter.resolve();
+    }
+    if (this.#drainWaiters.length === 0 || (this.congested && !this.#failed)) return;
     const waiters = this.#drainWaiters;
-    if (waiters.length === 0) return;
     this.#drainWaiters = [];
     for (const wake of waiters) wake();
   }
