@@ -14,6 +14,7 @@ import { json, startAdmin, text } from "./admin.ts";
 import { waitUntil, withTimeout } from "./async.ts";
 import { AUTH_CONTEXT, newNonce, TokenVerifier } from "./auth.ts";
 import type { Balance, NamedToken, ServiceEntry } from "./config.ts";
+import { EarlyData } from "./early_data.ts";
 import { errorMessage } from "./errors.ts";
 import { AllowList, RateLimiter } from "./limits.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
@@ -158,6 +159,12 @@ export interface Matcher {
    * to `drainTimeout` milliseconds, then closes everything.
    */
   close(drainTimeout?: number): Promise<void>;
+}
+
+/** A client's stream and the session carrying it. */
+interface Opened {
+  stream: Stream;
+  session: Session;
 }
 
 interface RelaySession extends PoolMember {
@@ -651,6 +658,7 @@ class MatcherServer implements Matcher {
     this.#clientsTotal++;
     const started = Date.now();
     const tried = new Set<RelaySession>();
+    const early = new EarlyData(conn);
     try {
       for (;;) {
         let relay = service.pick(tried);
@@ -671,22 +679,23 @@ class MatcherServer implements Matcher {
         }
         tried.add(relay);
         const opened = await this.#openStream(relay, service.name, client).catch((error: Error) => error);
-        if (opened instanceof Error) {
-          // Nothing was sent yet, so another relay may take the client.
-          const skipped = /unreachable:/.test(opened.message) && service.noteFailure(relay);
-          this.#failovers.inc();
-          this.#log.warn("relay could not take the client; trying another", {
-            client,
-            service: service.name,
-            relay: relay.address,
-            reason: opened.message,
-            skipped: skipped ? "30s" : undefined,
-          });
-          continue;
+        const refused = opened instanceof Error ? opened : await this.#sendEarly(opened, relay, early);
+        if (refused === null && !(opened instanceof Error)) {
+          service.noteSuccess(relay);
+          await this.#carry(conn, opened, relay, service.name, client, started, early);
+          return;
         }
-        service.noteSuccess(relay);
-        await this.#carry(conn, opened, relay, service.name, client, started);
-        return;
+        // What the client sent is kept, so another relay may take it.
+        const reason = errorMessage(refused);
+        const skipped = /unreachable:/.test(reason) && service.noteFailure(relay);
+        this.#failovers.inc();
+        this.#log.warn("relay could not take the client; trying another", {
+          client,
+          service: service.name,
+          relay: relay.address,
+          reason,
+          skipped: skipped ? "30s" : undefined,
+        });
       }
     } catch (error) {
       this.#log.warn("client failed", { client, error: errorMessage(error) });
@@ -696,12 +705,8 @@ class MatcherServer implements Matcher {
     }
   }
 
-  /** Opens an accepted stream for a client on `relay`, the way its channel works. */
-  async #openStream(
-    relay: RelaySession,
-    service: string,
-    client: string,
-  ): Promise<{ stream: Stream; session: Session }> {
+  /** Opens a stream for a client on `relay`, the way its channel works. */
+  async #openStream(relay: RelaySession, service: string, client: string): Promise<Opened> {
     const meta = { client, service };
     let session = relay.session;
     if (relay.channel === "pool") relay.taken = true;
@@ -713,27 +718,42 @@ class MatcherServer implements Matcher {
       session = await withTimeout(arrival, timeout, `relay opened no session within ${formatDuration(timeout)}`)
         .finally(() => this.#tickets.delete(ticket));
     }
-    const stream = session.openStream(meta);
+    return { stream: session.openStream(meta), session };
+  }
+
+  /**
+   * Sends the client's bytes on the stream until the relay accepts it.
+   *
+   * @returns null once accepted, or why the relay refused it
+   */
+  async #sendEarly({ stream, session }: Opened, relay: RelaySession, early: EarlyData): Promise<Error | null> {
+    let refused: Error | null;
     try {
-      await stream.accepted;
+      refused = await early.send(stream);
     } catch (error) {
-      if (session !== relay.session || relay.channel === "pool") session.goAway("done");
+      stream.reset("client failed");
       throw error;
     }
-    return { stream, session };
+    if (refused !== null && (session !== relay.session || relay.channel === "pool")) session.goAway("done");
+    return refused;
   }
 
   async #carry(
     conn: Conn,
-    { stream, session }: { stream: Stream; session: Session },
+    { stream, session }: Opened,
     relay: RelaySession,
     service: string,
     client: string,
     started: number,
+    early: EarlyData,
   ): Promise<void> {
     this.#streamsOpened.inc();
     this.#log.debug("client connected", { client, service, relay: relay.address, stream: stream.id });
-    const result = await pipe(conn, stream, { idleTimeout: this.#options.idleTimeout });
+    const result = await pipe(conn, stream, {
+      idleTimeout: this.#options.idleTimeout,
+      pendingRead: early.takePendingRead(),
+    });
+    result.aToB += early.bytes;
     // Pool and event sessions carry one client.
     if (session !== relay.session || relay.channel === "pool") session.goAway("done");
     this.#bytes.inc({ direction: "up" }, result.aToB);

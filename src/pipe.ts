@@ -50,7 +50,7 @@ export async function pipe(a: Conn, b: Conn, options: PipeOptions = {}): Promise
     }
     : (n: number) => n;
   await Promise.all([
-    copy(a, b, (n) => result.aToB += moved(n)).catch(fail),
+    copy(a, b, (n) => result.aToB += moved(n), options.pendingRead).catch(fail),
     copy(b, a, (n) => result.bToA += moved(n)).catch(fail),
   ]);
   if (timer !== null) clearInterval(timer);
@@ -63,12 +63,20 @@ export async function pipe(a: Conn, b: Conn, options: PipeOptions = {}): Promise
 export interface PipeOptions {
   /** Reset both ends after this many milliseconds without a byte either way; 0: never. @default {0} */
   idleTimeout?: number;
+  /** A read of `a` already under way: its result is the first chunk copied to `b`. */
+  pendingRead?: Promise<Uint8Array | null>;
 }
 
 /** Copies `from` into `to` until end of input, then half-closes `to`. */
-async function copy(from: Conn, to: Conn, count: (n: number) => void): Promise<void> {
+async function copy(
+  from: Conn,
+  to: Conn,
+  count: (n: number) => void,
+  pendingRead?: Promise<Uint8Array | null>,
+): Promise<void> {
   for (;;) {
-    const chunk = await from.read();
+    const chunk = await (pendingRead ?? from.read());
+    pendingRead = undefined;
     if (chunk === null) return to.closeWrite();
     await to.write(chunk);
     count(chunk.length);

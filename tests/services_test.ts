@@ -227,6 +227,37 @@ describe("pools and balancing", () => {
     await matcher.close();
     good.close();
   });
+  test("failover: bytes a client sent before the first relay refused reach the next one intact", async () => {
+    // The matcher forwards a client's first bytes before the relay accepts the
+    // stream, so a refusal must replay them: here 100 KiB and the FIN, sent at once.
+    const dest = await serve(transport, echo);
+    const gone = await named("gone");
+    const gonePort = gone.port;
+    gone.close();
+    const matcher = await matcherWith({ balance: "round-robin" });
+    const broken = relayTo(matcher, { destHost: "127.0.0.1", destPort: gonePort });
+    await broken.connected();
+    const healthy = relayTo(matcher, { destHost: "127.0.0.1", destPort: dest.port });
+    await healthy.connected();
+    for (let i = 0; i < 4; i++) {
+      const payload = pseudoRandomBytes(100 * 1024, i + 1);
+      const conn = await dial(matcher.clientAddr.port);
+      await writeAll(conn, payload);
+      await conn.closeWrite();
+      assert.deepEqual(await readAll(conn), payload, `client ${i}`);
+      conn.close();
+    }
+    assert.match(
+      matcher.metrics(),
+      /^o3sr_failovers_total 2$/m,
+      "the first two clients went to the broken relay first",
+    );
+    assert.equal(broken.stats().failedStreams, 2);
+    await broken.close();
+    await healthy.close();
+    await matcher.close();
+    dest.close();
+  });
 });
 
 describe("PROXY protocol", () => {
