@@ -170,6 +170,8 @@ class RelayClient extends EventTarget implements Relay {
   readonly #dataSessions = new Set<Session>();
   readonly #published = new Map<string, Set<string>>();
   readonly #unpublished = new Set<string>();
+  /** Event types someone listens to. */
+  readonly #listened = new Set<string>();
   #connectedWaiters: Array<{ count: number; resolve(): void }> = [];
   #totalStreams = 0;
   #failedStreams = 0;
@@ -561,8 +563,18 @@ class RelayClient extends EventTarget implements Relay {
     return [...this.#destinations].map(([name, d]) => `${name}=${d.host}:${d.port}`).join(",");
   }
 
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void {
+    this.#listened.add(type);
+    super.addEventListener(type, listener, options);
+  }
+
   #emit<K extends keyof RelayEventMap>(type: K, detail: RelayEventMap[K]): void {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
+    // Per-stream events cost an object each; only made for someone listening.
+    if (this.#listened.has(type)) this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
   #wakeConnectedWaiters(): void {

@@ -104,6 +104,8 @@ export function acceptInBackground(
   const pending = new Set<Conn>();
 
   const run = async (raw: Conn) => {
+    // Read now: a connection that was reset may no longer know its peer.
+    const remote = raw.remoteAddr;
     pending.add(raw);
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
@@ -111,9 +113,7 @@ export function acceptInBackground(
         timer = setTimeout(() => {
           reject(
             new Error(
-              `${options.what} handshake from ${
-                formatAddr(raw.remoteAddr)
-              } did not complete within ${options.timeout} ms`,
+              `${options.what} handshake from ${formatAddr(remote)} did not complete within ${options.timeout} ms`,
             ),
           );
         }, options.timeout);
@@ -123,7 +123,7 @@ export function acceptInBackground(
     } catch (error) {
       raw.reset();
       if (!ready.ended) {
-        options.onHandshakeError?.(error instanceof Error ? error : new Error(String(error)), raw.remoteAddr);
+        options.onHandshakeError?.(error instanceof Error ? error : new Error(String(error)), remote);
       }
     } finally {
       clearTimeout(timer);

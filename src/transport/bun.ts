@@ -50,7 +50,6 @@ export interface BunSocketLike {
   terminate(): void;
   pause(): void;
   resume(): void;
-  setNoDelay(noDelay?: boolean): boolean;
   /** TLS sockets: whether the peer's certificate verified. */
   readonly authorized?: boolean;
   /** TLS sockets: the peer's certificate, `raw` being its DER bytes. */
@@ -146,8 +145,9 @@ class BunConn implements Conn {
   #awaitingPeerClose = false;
 
   attach(socket: BunSocketLike): void {
+    // No setNoDelay(true): uSockets sets TCP_NODELAY on every socket it opens or accepts.
     this.#socket = socket;
-    socket.setNoDelay(true);
+    // Read now, while the socket is open: afterwards Bun no longer knows them.
     this.localAddr = { hostname: socket.localAddress ?? "", port: socket.localPort };
     this.remoteAddr = { hostname: socket.remoteAddress, port: socket.remotePort ?? 0 };
   }
