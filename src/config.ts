@@ -401,7 +401,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     type: "size",
     min: 16 * 1024,
     max: 0x7fff_ffff,
-    default: 1024 * 1024,
+    default: 4 * 1024 * 1024,
     roles: BOTH,
     help: "per-stream receive window (flow control)",
   },

@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import { EMPTY, encodeFrame, FrameDecoder, writeHeader } from "../src/protocol/codec.ts";
 import { ProtocolError, type ProtocolErrorCode, StreamResetError } from "../src/protocol/errors.ts";
 import { type Frame, FrameType, MAX_PAYLOAD, MAX_WINDOW } from "../src/protocol/frame.ts";
-import { Session, type SessionOptions } from "../src/protocol/session.ts";
+import { Session, SESSION_DEFAULTS, type SessionOptions } from "../src/protocol/session.ts";
 import type { Stream } from "../src/protocol/stream.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
 import { type Conn, ConnectionClosedError, type Transport } from "../src/transport/types.ts";
@@ -382,7 +382,7 @@ describe("session handshake", () => {
       const { session, peer } = await rawPair(scope, { side: "dialer", handshakeTimeout: 100 });
       const hello = await peer.expect("dialer HELLO", (f) => f.type === FrameType.HELLO);
       assert.equal(hello.streamId, 0);
-      assert.equal(JSON.parse(decoder.decode(hello.payload)).window, 1024 * 1024);
+      assert.equal(JSON.parse(decoder.decode(hello.payload)).window, SESSION_DEFAULTS.window);
       const reason = await within(session.closed, 3000, "handshake timeout");
       assert.match(reason, /no handshake within 100 ms/);
       assert.equal((session.closeError as ProtocolError).code, "handshake");
@@ -745,8 +745,8 @@ describe("session resets", () => {
       const remote = accepted.get("doomed")!;
       // Bytes sent before the reset stay readable; then the read fails.
       await remote.write(encoder.encode("last words"));
-      // A write blocked on credit fails too: the dialer grants 1 MiB by default.
-      const blocked = guard(remote.write(new Uint8Array(2 * 1024 * 1024)));
+      // A write blocked on credit fails too: twice the dialer's default window.
+      const blocked = guard(remote.write(new Uint8Array(2 * SESSION_DEFAULTS.window)));
       await doomed.write(encoder.encode("never read"));
       await waitFor(
         () => doomed.buffered > 0 && remote.buffered > 0,

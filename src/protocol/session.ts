@@ -58,7 +58,7 @@ export interface SessionOptions {
   answer?: (hello: Hello) => Promise<Record<string, unknown>> | null;
   /**
    * Receive window granted to each stream, in bytes.
-   * @default {1048576}
+   * @default {4194304}
    */
   window?: number;
   /**
@@ -103,7 +103,7 @@ export interface SessionOptions {
 
 /** The session options a matcher or relay passes through from its settings (`maxFrame` is `maxPayload`). */
 export interface SessionTunables {
-  /** Per-stream receive window in bytes. @default {1048576} */
+  /** Per-stream receive window in bytes. @default {4194304} */
   window?: number;
   /** Milliseconds between heartbeats; 0 disables them. @default {10000} */
   heartbeatInterval?: number;
@@ -141,8 +141,8 @@ export interface SessionStats {
 
 /** Session defaults, shared with config so that help texts show them. */
 export const SESSION_DEFAULTS = {
-  window: 1024 * 1024,
-  maxFramePayload: 256 * 1024,
+  window: 4 * 1024 * 1024,
+  maxFramePayload: MAX_PAYLOAD,
   writeHighWater: 256 * 1024,
   heartbeatInterval: 10_000,
   heartbeatTimeout: 30_000,

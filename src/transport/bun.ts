@@ -103,7 +103,9 @@ export interface BunLike {
 }
 
 // Received bytes held before the socket is paused; one reader drains them.
-const READ_HIGH_WATER = 256 * 1024;
+// uSockets hands over up to 512 KiB per event, so a lower mark would pause
+// and resume the socket (two epoll_ctl calls) after nearly every event.
+const READ_HIGH_WATER = 1024 * 1024;
 
 // A TLS socket's end() sends close_notify and keeps the socket open until the
 // peer answers, and from then on it can no longer be aborted: a peer that never
