@@ -190,6 +190,38 @@ export const socatPath: BenchPath = {
   },
 };
 
+/**
+ * Two minimal Bun forwarders in a row (`forwarder.ts`: socket to socket, no
+ * framing, no multiplexing): the floor any matcher + relay written for Bun
+ * can reach here, so o3sr's distance to it is its own overhead.
+ */
+export const bunHopsPath: BenchPath = {
+  name: "bun-2hop",
+  about: "two minimal Bun forwarders in a row (bench/forwarder.ts), the floor for a two-hop relay on Bun",
+  targets: null,
+  unavailable: () => null,
+  async start(context) {
+    const commands: string[] = [];
+    const children: Child[] = [];
+    const stop = async () => void await Promise.all(children.map((child) => child.stop()));
+    const hop = async (name: string, to: number) => {
+      const args = ["bench/forwarder.ts", "--to", String(to)];
+      commands.push([context.bun, ...args].join(" "));
+      const child = spawnChild(name, context.bun, args);
+      children.push(child);
+      return Number((await child.waitForLine(/listening on (\d+)/, START_TIMEOUT))[1]);
+    };
+    try {
+      const second = await hop("bun-2hop hop 2", context.destPort);
+      const first = await hop("bun-2hop hop 1", second);
+      return { clientPort: first, commands, pids: children.map((child) => child.pid), stop };
+    } catch (error) {
+      await stop();
+      throw error;
+    }
+  },
+};
+
 /** Every path, in table order. Direct must stay first: it is the baseline. */
 export const PATHS: BenchPath[] = [
   directPath,
@@ -198,6 +230,7 @@ export const PATHS: BenchPath[] = [
   // The other connection modes, under Bun: when does each win?
   o3srPath({ name: "o3sr-bun-pool", runtime: "bun", throughputRatio: 0.36, relayArgs: ["--channel", "pool"] }),
   o3srPath({ name: "o3sr-bun-event", runtime: "bun", throughputRatio: 0.36, relayArgs: ["--channel", "event"] }),
+  bunHopsPath,
   socatPath,
 ];
 
