@@ -49,6 +49,32 @@ export interface PathResult {
   errors: string[];
 }
 
+/** Several latency readings as one: each percentile the median of its readings; the readings kept for the JSON. */
+export function medianLatency(runs: LatencyResult[]): (LatencyResult & { runs: LatencyResult[] }) | null {
+  if (runs.length === 0) return null;
+  const of = (key: keyof LatencyResult) => median(runs.map((run) => run[key]));
+  return {
+    count: runs[0].count,
+    p50: of("p50"),
+    p90: of("p90"),
+    p99: of("p99"),
+    max: of("max"),
+    mean: of("mean"),
+    runs,
+  };
+}
+
+/** Several setup readings as one: the median rate; the readings kept for the JSON. */
+export function medianSetup(runs: SetupResult[]): (SetupResult & { runs: SetupResult[] }) | null {
+  if (runs.length === 0) return null;
+  return {
+    count: runs[0].count,
+    seconds: median(runs.map((run) => run.seconds)),
+    perSecond: median(runs.map((run) => run.perSecond)),
+    runs,
+  };
+}
+
 /** Summarizes the runs of one cell. */
 export function summarizeCell(runs: ThroughputResult[], errors: string[]): CellResult {
   if (runs.length === 0) return { runs, errors, gbps: null, shareMin: null, shareMax: null };

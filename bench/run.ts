@@ -14,11 +14,20 @@ import { cpus, loadavg, release } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { idleStreams, latency, setup, startServer, throughput, type ThroughputResult } from "./measure.ts";
+import {
+  idleStreams,
+  latency,
+  type LatencyResult,
+  setup,
+  type SetupResult,
+  startServer,
+  throughput,
+  type ThroughputResult,
+} from "./measure.ts";
 import { type BenchPath, pathContext, PATHS, type RunningPath } from "./paths.ts";
 import { cpuOf, resetPeak, sampleRss, totalMemory } from "./proc_stats.ts";
 import { findTool, installCleanup, openFileLimit, repoRoot, sleep, stopAll } from "./procs.ts";
-import { buildRows, CELLS, type PathResult, renderRows, summarizeCell } from "./report.ts";
+import { buildRows, CELLS, medianLatency, medianSetup, type PathResult, renderRows, summarizeCell } from "./report.ts";
 import { runSoak } from "./soak.ts";
 
 /** How much to measure. */
@@ -197,25 +206,37 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
     if (cell === "down8") { for (const r of active) endPeakWindow(r, running.get(r.name)!); }
   }
 
-  for (const result of active) {
-    const path = running.get(result.name)!;
-    try {
-      result.latency = await latency(bun, `${result.name} latency`, path.clientPort, plan.latencyCount);
-      log(`  ${result.name} latency: p50 ${result.latency.p50.toFixed(0)} µs, p99 ${result.latency.p99.toFixed(0)} µs`);
-    } catch (error) {
-      result.errors.push(`latency: ${firstLine(error)}`);
+  // Latency and setup too: several rounds, the paths taking turns, and the
+  // median reported, since one reading on a shared machine can be far off.
+  const latencyRuns = new Map(active.map((r) => [r.name, [] as LatencyResult[]]));
+  const setupRuns = new Map(active.map((r) => [r.name, [] as SetupResult[]]));
+  for (let run = 1; run <= plan.runs; run++) {
+    for (const result of active) {
+      const path = running.get(result.name)!;
+      try {
+        const reading = await latency(bun, `${result.name} latency`, path.clientPort, plan.latencyCount);
+        latencyRuns.get(result.name)!.push(reading);
+        log(`  ${result.name} latency #${run}: p50 ${reading.p50.toFixed(0)} µs, p99 ${reading.p99.toFixed(0)} µs`);
+      } catch (error) {
+        result.errors.push(`latency: ${firstLine(error)}`);
+      }
+      await sleep(SETTLE_MS);
     }
-    await sleep(SETTLE_MS);
+    for (const result of active) {
+      const path = running.get(result.name)!;
+      try {
+        const reading = await setup(bun, `${result.name} setup`, path.clientPort, plan.setupCount);
+        setupRuns.get(result.name)!.push(reading);
+        log(`  ${result.name} setup #${run}: ${reading.perSecond.toFixed(0)} conn/s`);
+      } catch (error) {
+        result.errors.push(`setup: ${firstLine(error)}`);
+      }
+      await sleep(SETTLE_MS);
+    }
   }
   for (const result of active) {
-    const path = running.get(result.name)!;
-    try {
-      result.setup = await setup(bun, `${result.name} setup`, path.clientPort, plan.setupCount);
-      log(`  ${result.name} setup: ${result.setup.perSecond.toFixed(0)} conn/s`);
-    } catch (error) {
-      result.errors.push(`setup: ${firstLine(error)}`);
-    }
-    await sleep(SETTLE_MS);
+    result.latency = medianLatency(latencyRuns.get(result.name)!);
+    result.setup = medianSetup(setupRuns.get(result.name)!);
   }
   await Promise.all([...running.values()].map((path) => path.stop()));
   running.clear();
