@@ -17,6 +17,9 @@ export interface BunSocket<T> {
   /** Closes at once (reset). */
   terminate(): void;
   setNoDelay(noDelay?: boolean): boolean;
+  /** Stops reading until `resume()`. */
+  pause(): void;
+  resume(): void;
 }
 
 /** Socket event handlers. Bun reuses the `data` buffer after the call returns. */

@@ -11,13 +11,14 @@
  */
 
 import { parseArgs } from "node:util";
-import type { Socket } from "bun";
+import { bun, type BunSocket } from "./bun_api.ts";
 
 const HOST = "127.0.0.1";
+const api = bun();
 
 /** One side of a forwarded connection. */
 interface Side {
-  peer: Socket<Side> | null;
+  peer: BunSocket<Side> | null;
   /** Bytes this side could not take yet. */
   backlog: Uint8Array[];
   /** Bytes for the peer, received before it connected. */
@@ -25,10 +26,10 @@ interface Side {
   ended: boolean;
 }
 
-const side = (peer: Socket<Side> | null): Side => ({ peer, backlog: [], early: [], ended: false });
+const side = (peer: BunSocket<Side> | null): Side => ({ peer, backlog: [], early: [], ended: false });
 
 /** Writes to `to`, keeping what it cannot take and pausing `from` until it drains. */
-function forward(from: Socket<Side>, to: Socket<Side>, chunk: Uint8Array): void {
+function forward(from: BunSocket<Side>, to: BunSocket<Side>, chunk: Uint8Array): void {
   if (to.data.backlog.length > 0) {
     to.data.backlog.push(chunk);
     return;
@@ -40,7 +41,7 @@ function forward(from: Socket<Side>, to: Socket<Side>, chunk: Uint8Array): void 
   }
 }
 
-function drain(socket: Socket<Side>): void {
+function drain(socket: BunSocket<Side>): void {
   const backlog = socket.data.backlog;
   while (backlog.length > 0) {
     const chunk = backlog[0];
@@ -55,7 +56,7 @@ function drain(socket: Socket<Side>): void {
   if (socket.data.peer?.data.ended) socket.shutdown();
 }
 
-function end(socket: Socket<Side>): void {
+function end(socket: BunSocket<Side>): void {
   socket.data.ended = true;
   const peer = socket.data.peer;
   if (peer && peer.data.backlog.length === 0) peer.shutdown();
@@ -63,14 +64,14 @@ function end(socket: Socket<Side>): void {
 
 const handlers = {
   binaryType: "uint8array" as const,
-  data(socket: Socket<Side>, chunk: Uint8Array) {
+  data(socket: BunSocket<Side>, chunk: Uint8Array) {
     const peer = socket.data.peer;
     if (peer) forward(socket, peer, chunk);
     else socket.data.early.push(chunk);
   },
   drain,
   end,
-  close(socket: Socket<Side>) {
+  close(socket: BunSocket<Side>) {
     socket.data.peer?.end();
   },
   error() {},
@@ -83,7 +84,7 @@ if (!Number.isInteger(to) || to <= 0) {
   process.exit(2);
 }
 
-const server = Bun.listen<Side>({
+const server = api.listen<Side>({
   hostname: HOST,
   port: 0,
   allowHalfOpen: true,
@@ -91,7 +92,7 @@ const server = Bun.listen<Side>({
     ...handlers,
     open(client) {
       client.data = side(null);
-      Bun.connect<Side>({
+      api.connect<Side>({
         hostname: HOST,
         port: to,
         allowHalfOpen: true,
