@@ -131,6 +131,8 @@ class BunConn implements Conn {
     resume: () => this.#socket?.resume(),
   });
   #error: Error | null = null;
+  /** Why the connection ended, while nobody has needed it as an Error (making one costs a stack trace). */
+  #endReason: string | null = null;
   #unwritten: Uint8Array | null = null;
   #writer: Waiter<void> | null = null;
   #finRequested = false;
@@ -161,13 +163,16 @@ class BunConn implements Conn {
   }
 
   write(chunk: Uint8Array): Promise<void> {
-    if (this.#error) return Promise.reject(this.#error);
+    if (this.#endReason !== null) return Promise.reject(this.#failure());
     if (this.#done || this.#finRequested) {
       return Promise.reject(new ConnectionClosedError("write after close"));
     }
     const written = this.#socket!.write(chunk);
     if (written === chunk.length) return Promise.resolve();
-    if (written < 0) return Promise.reject(this.#fail(new ConnectionClosedError("connection closed")));
+    if (written < 0) {
+      this.#fail("connection closed");
+      return Promise.reject(this.#failure());
+    }
     this.#unwritten = chunk.subarray(written);
     return new Promise((resolve, reject) => this.#writer = { resolve, reject });
   }
@@ -184,7 +189,7 @@ class BunConn implements Conn {
     this.#closedLocally = true;
     this.#inbound.closeLocally();
     this.#end();
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
   reset(): void {
@@ -192,7 +197,7 @@ class BunConn implements Conn {
     this.#closedLocally = true;
     this.#inbound.closeLocally();
     this.#socket?.terminate();
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
   // ---- Socket events ----
@@ -210,7 +215,7 @@ class BunConn implements Conn {
     if (rest === null) return;
     const written = this.#socket!.write(rest);
     if (written < 0) {
-      this.#fail(new ConnectionClosedError("connection closed"));
+      this.#fail("connection closed");
       return;
     }
     if (written < rest.length) {
@@ -250,7 +255,7 @@ class BunConn implements Conn {
     // Without an error the peer closed cleanly; after our own FIN, Bun reports
     // the peer's FIN this way instead of through `end`.
     if (!error) this.onEnd();
-    this.#release(new ConnectionClosedError(error ? error.message : "connection closed by peer"));
+    this.#release(error ? error.message : "connection closed by peer");
   }
 
   // ---- Internals ----
@@ -264,7 +269,7 @@ class BunConn implements Conn {
   /** Both directions ended cleanly: free the socket; unread bytes stay readable. */
   #finish(): void {
     this.#end();
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
   /** Closes gracefully; a TLS socket whose peer does not close too is aborted after a grace period. */
@@ -285,20 +290,24 @@ class BunConn implements Conn {
     this.#graceTimer = timer;
   }
 
-  #fail(error: Error): Error {
-    if (!this.#error) this.#error = error;
-    this.#inbound.fail(this.#error);
+  /** The connection failed or ended: readers and the writer learn why. */
+  #fail(reason: string): void {
+    this.#endReason ??= reason;
+    this.#inbound.fail(() => this.#failure());
     const writer = this.#writer;
     this.#writer = null;
     this.#unwritten = null;
-    writer?.reject(this.#error);
-    return this.#error;
+    writer?.reject(this.#failure());
   }
 
-  #release(error: Error): void {
+  #failure(): Error {
+    return this.#error ??= new ConnectionClosedError(this.#endReason ?? "connection closed");
+  }
+
+  #release(reason: string): void {
     if (this.#done) return;
     this.#done = true;
-    this.#fail(error);
+    this.#fail(reason);
     this.#resolveClosed();
   }
 }

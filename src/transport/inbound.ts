@@ -26,6 +26,8 @@ export class Inbound {
   #paused = false;
   #eof = false;
   #error: Error | null = null;
+  /** Makes the failure on first use: most connections close cleanly and nobody asks. */
+  #makeError: (() => Error) | null = null;
   #closedLocally = false;
   #reader: { resolve(chunk: Uint8Array | null): void; reject(error: Error): void } | null = null;
 
@@ -66,13 +68,13 @@ export class Inbound {
       return Promise.resolve(chunk);
     }
     if (this.#eof) return Promise.resolve(null);
-    if (this.#error) return Promise.reject(this.#error);
+    if (this.failed) return Promise.reject(this.error);
     return new Promise((resolve, reject) => this.#reader = { resolve, reject });
   }
 
   /** Bytes arrived; the queue keeps `chunk`. */
   push(chunk: Uint8Array): void {
-    if (this.#error || this.#closedLocally) return;
+    if (this.failed || this.#closedLocally) return;
     const reader = this.#reader;
     if (reader !== null) {
       this.#reader = null;
@@ -103,14 +105,22 @@ export class Inbound {
    * finished cleanly (and this side did not close), else `error`; later reads
    * still drain what was queued first.
    */
-  fail(error: Error): void {
-    if (!this.#error) this.#error = error;
+  fail(error: Error | (() => Error)): void {
+    if (!this.failed) {
+      if (typeof error === "function") this.#makeError = error;
+      else this.#error = error;
+    }
     const reader = this.#reader;
     if (reader !== null) {
       this.#reader = null;
-      if (this.#closedLocally || !this.#eof) reader.reject(this.#error);
+      if (this.#closedLocally || !this.#eof) reader.reject(this.error!);
       else reader.resolve(null);
     }
+  }
+
+  /** Whether the connection is gone. */
+  get failed(): boolean {
+    return this.#error !== null || this.#makeError !== null;
   }
 
   /** This side closed: every read fails from now on. */
@@ -120,6 +130,7 @@ export class Inbound {
 
   /** The failure, if any. */
   get error(): Error | null {
+    if (this.#error === null && this.#makeError !== null) this.#error = this.#makeError();
     return this.#error;
   }
 }
