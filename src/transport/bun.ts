@@ -130,9 +130,6 @@ class BunConn implements Conn {
     pause: () => this.#socket?.pause(),
     resume: () => this.#socket?.resume(),
   });
-  #error: Error | null = null;
-  /** Why the connection ended, while nobody has needed it as an Error (making one costs a stack trace). */
-  #endReason: string | null = null;
   #unwritten: Uint8Array | null = null;
   #writer: Waiter<void> | null = null;
   #finRequested = false;
@@ -163,7 +160,7 @@ class BunConn implements Conn {
   }
 
   write(chunk: Uint8Array): Promise<void> {
-    if (this.#endReason !== null) return Promise.reject(this.#failure());
+    if (this.#inbound.failed) return Promise.reject(this.#inbound.error!);
     if (this.#done || this.#finRequested) {
       return Promise.reject(new ConnectionClosedError("write after close"));
     }
@@ -171,7 +168,7 @@ class BunConn implements Conn {
     if (written === chunk.length) return Promise.resolve();
     if (written < 0) {
       this.#fail("connection closed");
-      return Promise.reject(this.#failure());
+      return Promise.reject(this.#inbound.error!);
     }
     this.#unwritten = chunk.subarray(written);
     return new Promise((resolve, reject) => this.#writer = { resolve, reject });
@@ -292,16 +289,11 @@ class BunConn implements Conn {
 
   /** The connection failed or ended: readers and the writer learn why. */
   #fail(reason: string): void {
-    this.#endReason ??= reason;
-    this.#inbound.fail(() => this.#failure());
+    this.#inbound.fail(reason);
     const writer = this.#writer;
     this.#writer = null;
     this.#unwritten = null;
-    writer?.reject(this.#failure());
-  }
-
-  #failure(): Error {
-    return this.#error ??= new ConnectionClosedError(this.#endReason ?? "connection closed");
+    writer?.reject(this.#inbound.error!);
   }
 
   #release(reason: string): void {

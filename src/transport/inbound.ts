@@ -26,8 +26,11 @@ export class Inbound {
   #paused = false;
   #eof = false;
   #error: Error | null = null;
-  /** Makes the failure on first use: most connections close cleanly and nobody asks. */
-  #makeError: (() => Error) | null = null;
+  /**
+   * Why the connection ended, until someone needs it as an Error: most
+   * connections end cleanly and nobody asks, and an Error costs a stack trace.
+   */
+  #reason: string | null = null;
   #closedLocally = false;
   #reader: { resolve(chunk: Uint8Array | null): void; reject(error: Error): void } | null = null;
 
@@ -103,12 +106,13 @@ export class Inbound {
   /**
    * The connection is gone. A waiting reader gets `null` if the peer had
    * finished cleanly (and this side did not close), else `error`; later reads
-   * still drain what was queued first.
+   * still drain what was queued first. A string is the message of a
+   * {@linkcode ConnectionClosedError}, made only if someone reads it.
    */
-  fail(error: Error | (() => Error)): void {
+  fail(failure: Error | string): void {
     if (!this.failed) {
-      if (typeof error === "function") this.#makeError = error;
-      else this.#error = error;
+      if (typeof failure === "string") this.#reason = failure;
+      else this.#error = failure;
     }
     const reader = this.#reader;
     if (reader !== null) {
@@ -120,7 +124,7 @@ export class Inbound {
 
   /** Whether the connection is gone. */
   get failed(): boolean {
-    return this.#error !== null || this.#makeError !== null;
+    return this.#error !== null || this.#reason !== null;
   }
 
   /** This side closed: every read fails from now on. */
@@ -130,7 +134,7 @@ export class Inbound {
 
   /** The failure, if any. */
   get error(): Error | null {
-    if (this.#error === null && this.#makeError !== null) this.#error = this.#makeError();
+    if (this.#error === null && this.#reason !== null) this.#error = new ConnectionClosedError(this.#reason);
     return this.#error;
   }
 }

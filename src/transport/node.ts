@@ -135,7 +135,6 @@ class NodeConn implements Conn {
   readonly remoteAddr: Addr;
   readonly #socket: NodeSocketLike;
   readonly #inbound: Inbound;
-  #error: Error | null = null;
   #writers = new Set<Waiter<void>>();
   /** Writes waiting for `drain`, called when it comes (or when no more can come). */
   #drainWaiters: Array<() => void> = [];
@@ -160,10 +159,10 @@ class NodeConn implements Conn {
     socket.on("end", () => this.#onEnd());
     socket.on("drain", () => this.#onDrain());
     // Without an `error` listener Node would throw it out of the event loop.
-    socket.on("error", (error) => this.#fail(new ConnectionClosedError(describe(error))));
+    socket.on("error", (error) => this.#fail(describe(error)));
     socket.on("close", () => {
       this.#onDrain();
-      this.#release(new ConnectionClosedError("connection closed by peer"));
+      this.#release("connection closed by peer");
     });
   }
 
@@ -174,7 +173,7 @@ class NodeConn implements Conn {
   }
 
   write(chunk: Uint8Array): Promise<void> {
-    if (this.#error) return Promise.reject(this.#error);
+    if (this.#inbound.failed) return Promise.reject(this.#inbound.error!);
     if (this.#done || this.#finSent) return Promise.reject(new ConnectionClosedError("write after close"));
     // Resolves once the socket is done with `chunk` (its callback: the kernel
     // took it, so the caller may reuse it) and, if `write()` returned false,
@@ -190,7 +189,9 @@ class NodeConn implements Conn {
       };
       const hasRoom = this.#socket.write(chunk, (error) => {
         if (error) {
-          if (this.#writers.delete(waiter)) reject(this.#fail(new ConnectionClosedError(describe(error))));
+          if (!this.#writers.delete(waiter)) return;
+          this.#fail(describe(error));
+          reject(this.#inbound.error!);
           return;
         }
         flushed = true;
@@ -228,7 +229,7 @@ class NodeConn implements Conn {
     // Keep reading (and dropping) so the peer's FIN can still arrive.
     if (this.#inbound.paused) this.#socket.resume();
     this.#destroyWhenFlushed();
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
   reset(): void {
@@ -243,7 +244,7 @@ class NodeConn implements Conn {
       // TLS sockets (and runtimes without SO_LINGER) cannot send RST; the peer sees a plain close.
       socket.destroy();
     }
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
   // ---- Socket events ----
@@ -272,7 +273,7 @@ class NodeConn implements Conn {
   /** Both directions ended cleanly: free the socket; unread bytes stay readable. */
   #finish(): void {
     this.#destroyWhenFlushed();
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
   /** Destroys the socket once FIN went out, or after {@linkcode CLOSE_LINGER_MS} if it cannot. */
@@ -294,19 +295,18 @@ class NodeConn implements Conn {
     socket.on("close", () => clearTimeout(timer));
   }
 
-  #fail(error: Error): Error {
-    if (!this.#error) this.#error = error;
-    this.#inbound.fail(this.#error);
-    for (const writer of this.#writers) writer.reject(this.#error);
+  /** The connection failed or ended: readers and writers learn why. */
+  #fail(reason: string): void {
+    this.#inbound.fail(reason);
+    for (const writer of this.#writers) writer.reject(this.#inbound.error!);
     this.#writers.clear();
     this.#drainWaiters = [];
-    return this.#error;
   }
 
-  #release(error: Error): void {
+  #release(reason: string): void {
     if (this.#done) return;
     this.#done = true;
-    this.#fail(error);
+    this.#fail(reason);
     this.#resolveClosed();
   }
 }

@@ -131,7 +131,6 @@ class NodeTlsConn implements Conn {
   // ciphertext feeder waits for room instead.
   readonly #inbound = new Inbound(READ_HIGH_WATER, { pause: () => {}, resume: () => this.#wake() });
   #room: (() => void) | null = null;
-  #error: Error | null = null;
   #writers = new Set<Waiter<void>>();
   #finSent = false;
   #closedLocally = false;
@@ -157,8 +156,8 @@ class NodeTlsConn implements Conn {
     this.#socket = socket;
     socket.on("data", (data) => this.#onData(data));
     socket.on("end", () => this.#onEnd());
-    socket.on("error", (error) => this.#fail(new ConnectionClosedError(error.message)));
-    socket.on("close", () => this.#release(new ConnectionClosedError("connection closed by peer")));
+    socket.on("error", (error) => this.#fail(error.message));
+    socket.on("close", () => this.#release("connection closed by peer"));
   }
 
   // ---- Conn ----
@@ -168,7 +167,7 @@ class NodeTlsConn implements Conn {
   }
 
   write(chunk: Uint8Array): Promise<void> {
-    if (this.#error) return Promise.reject(this.#error);
+    if (this.#inbound.failed) return Promise.reject(this.#inbound.error!);
     if (this.#done || this.#finSent) return Promise.reject(new ConnectionClosedError("write after close"));
     // The callback comes once the ciphertext was handed to the inner Conn, so
     // the peer's pace is the writer's pace and `chunk` is no longer needed.
@@ -177,8 +176,9 @@ class NodeTlsConn implements Conn {
       this.#writers.add(waiter);
       this.#socket.write(chunk, (error) => {
         if (!this.#writers.delete(waiter)) return;
-        if (error) reject(this.#fail(new ConnectionClosedError(error.message)));
-        else resolve();
+        if (!error) return resolve();
+        this.#fail(error.message);
+        reject(this.#inbound.error!);
       });
     });
   }
@@ -205,7 +205,7 @@ class NodeTlsConn implements Conn {
     this.#inbound.closeLocally();
     this.#inner.reset();
     this.#socket?.destroy();
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
   // ---- Socket events ----
@@ -245,21 +245,20 @@ class NodeTlsConn implements Conn {
         socket.destroy();
       });
     }
-    this.#release(new ConnectionClosedError("connection closed"));
+    this.#release("connection closed");
   }
 
-  #fail(error: Error): Error {
-    if (!this.#error) this.#error = error;
-    this.#inbound.fail(this.#error);
-    for (const writer of this.#writers) writer.reject(this.#error);
+  /** The connection failed or ended: readers and writers learn why. */
+  #fail(reason: string): void {
+    this.#inbound.fail(reason);
+    for (const writer of this.#writers) writer.reject(this.#inbound.error!);
     this.#writers.clear();
-    return this.#error;
   }
 
-  #release(error: Error): void {
+  #release(reason: string): void {
     if (this.#done) return;
     this.#done = true;
-    this.#fail(error);
+    this.#fail(reason);
     this.#wake();
     this.#resolveClosed();
   }
