@@ -3,6 +3,7 @@
  * tests, byte generators, hashing and small servers.
  */
 
+import assert from "node:assert/strict";
 import { bunTransport } from "../src/transport/bun.ts";
 import { denoTransport } from "../src/transport/deno.ts";
 import type { Conn, Listener, Transport } from "../src/transport/types.ts";
@@ -95,6 +96,19 @@ export async function writeAll(conn: Conn, data: Uint8Array, chunkSize = 64 * 10
     await conn.write(data.subarray(at, Math.min(at + chunkSize, data.length)));
   }
   await conn.closeWrite();
+}
+
+/**
+ * Connects to `port`, sends `size` pseudo-random bytes (then FIN) and asserts
+ * that an echo service behind it sent every byte back unchanged.
+ */
+export async function assertEchoed(transport: Transport, port: number, size: number, seed: number): Promise<void> {
+  const conn = await transport.connect({ hostname: "127.0.0.1", port });
+  const data = pseudoRandomBytes(size, seed);
+  const [, got] = await Promise.all([writeAll(conn, data), readAll(conn)]);
+  conn.close();
+  assert.equal(got.length, data.length);
+  assert.ok(Buffer.from(got).equals(Buffer.from(data)), "bytes arrive unchanged");
 }
 
 /** A server that runs `handle` for each connection until closed. */

@@ -12,7 +12,7 @@ import {
   MAX_STREAM_ID,
   PROTOCOL_VERSION,
 } from "../src/protocol/frame.ts";
-import { pseudoRandomBytes } from "./_helpers.ts";
+import { concat, pseudoRandomBytes } from "./_helpers.ts";
 
 // ---- A slow, obviously correct reference of the wire format ----
 
@@ -52,16 +52,6 @@ function refDecode(bytes: Uint8Array): RefFrame[] {
   }
   assert.equal(at, bytes.length, "reference decoder: trailing partial frame");
   return frames;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 /** Byte equality without per-element assertion overhead on megabyte buffers. */

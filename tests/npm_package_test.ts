@@ -25,7 +25,7 @@ import { ConnectionClosedError, type Transport } from "../src/transport/types.ts
 import { VERSION } from "../src/version.ts";
 import { type TestCerts, testCerts, withTls } from "./_certs.ts";
 import { conformance } from "./_conformance.ts";
-import { echo, freePort, pseudoRandomBytes, readAll, repoRoot, runtime, serve, tcp, writeAll } from "./_helpers.ts";
+import { assertEchoed, echo, freePort, readAll, repoRoot, runtime, serve, tcp } from "./_helpers.ts";
 import { matcherArgs, relayArgs, spawnCommand } from "./_process.ts";
 
 const windows = process.platform === "win32";
@@ -301,12 +301,7 @@ describe("the Node bundle", { skip: node === null && noNode }, () => {
     try {
       // The relay logs "connected to <matcher> ..." for each session it opens.
       await relay.waitForLog(/\bconnected to\b/);
-      const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
-      const data = pseudoRandomBytes(4 * 1024 * 1024, 23);
-      const [, got] = await Promise.all([writeAll(conn, data), readAll(conn)]);
-      conn.close();
-      assert.equal(got.length, data.length);
-      assert.ok(Buffer.from(got).equals(Buffer.from(data)), "bytes arrive unchanged");
+      await assertEchoed(transport, clientPort, 4 * 1024 * 1024, 23);
       relay.signal("SIGTERM");
       matcher.signal("SIGTERM");
       assert.equal(await relay.exited, 0, `relay stderr:\n${relay.stderr.join("\n")}`);

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { describe, test } from "node:test";
-import { echo, freePort, pseudoRandomBytes, readAll, repoRoot, runtime, serve, tcp, writeAll } from "./_helpers.ts";
+import { assertEchoed, echo, freePort, repoRoot, runtime, serve, tcp } from "./_helpers.ts";
 import { matcherArgs, relayArgs, spawnCommand } from "./_process.ts";
 
 const windows = process.platform === "win32";
@@ -48,12 +48,7 @@ describe(
         const version = execFileSync(binary, ["--version"]).toString().trim();
         assert.match(version, /^o3sr \d+\.\d+\.\d+ \((bun|deno) [\d.]+, [a-z]+-[a-z0-9]+\)$/);
         await relay.waitForLog(/connected to /);
-        const conn = await transport.connect({ hostname: "127.0.0.1", port: clientPort });
-        const data = pseudoRandomBytes(4 * 1024 * 1024, 11);
-        const [, got] = await Promise.all([writeAll(conn, data), readAll(conn)]);
-        conn.close();
-        assert.equal(got.length, data.length);
-        assert.ok(Buffer.from(got).equals(Buffer.from(data)), "bytes arrive unchanged");
+        await assertEchoed(transport, clientPort, 4 * 1024 * 1024, 11);
         relay.signal("SIGTERM");
         matcher.signal("SIGTERM");
         // Windows has no SIGTERM to catch: there the processes are simply ended.
