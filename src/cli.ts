@@ -334,7 +334,7 @@ async function resolveSettings(
 ): Promise<{ settings: Settings; configPath: string | null }> {
   const settings = defaultSettings() as unknown as Record<string, unknown>;
   const file = await locateConfig(platform, invocation.configFile);
-  if (file) Object.assign(settings, parseConfigText(file.text, file.path));
+  if (file) Object.assign(settings, await parseConfigText(file.text, file.path));
   for (const option of OPTIONS) {
     const name = camelCase(option.key);
     const raw = option.env && settings[name] === option.default ? platform.env(option.env) : undefined;

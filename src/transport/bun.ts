@@ -17,12 +17,12 @@
  * @module
  */
 
-import * as nodeTlsModule from "node:tls";
 import {
   checkFingerprint,
   checkListenTls,
   DEFAULT_HANDSHAKE_TIMEOUT,
   handshakeTimeoutError,
+  importNodeTls,
   tlsClientError,
   tlsVerification,
 } from "./tls.ts";
@@ -476,12 +476,12 @@ function connectTls(
  * Creates the TCP transport for Bun; with `tls` in the options it speaks TLS.
  *
  * @param bun the `Bun` namespace, or a stand-in with the same slice
- * @param nodeTls `node:tls` (its `checkServerIdentity`), or a stand-in
+ * @param nodeTls `node:tls` (its `checkServerIdentity`), or a stand-in; by default imported at the first TLS connect
  * @returns a {@linkcode Transport} named `tcp`
  */
 export function bunTransport(
   bun: BunLike = (globalThis as unknown as { Bun: BunLike }).Bun,
-  nodeTls: BunNodeTlsLike = nodeTlsModule as unknown as BunNodeTlsLike,
+  nodeTls?: BunNodeTlsLike,
 ): Transport {
   return {
     name: "tcp",
@@ -503,7 +503,10 @@ export function bunTransport(
       }
     },
     async connect(options: ConnectOptions): Promise<Conn> {
-      if (options.tls) return await connectTls(bun, nodeTls, { ...options, tls: options.tls });
+      if (options.tls) {
+        const tlsModule = nodeTls ?? await importNodeTls<BunNodeTlsLike>();
+        return await connectTls(bun, tlsModule, { ...options, tls: options.tls });
+      }
       const conn = new BunConn();
       await bun.connect({
         hostname: options.hostname,

@@ -11,10 +11,9 @@
  * @module
  */
 
-import * as nodeTlsModule from "node:tls";
 import { acceptInBackground } from "./accept.ts";
-import { acceptNodeTls, type NodeTlsLike, serverContext, startNodeTls } from "./node_tls.ts";
-import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, tlsVerification } from "./tls.ts";
+import type { NodeTlsLike } from "./node_tls.ts";
+import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, importNodeTls, tlsVerification } from "./tls.ts";
 import {
   type Addr,
   type Conn,
@@ -201,15 +200,21 @@ class DenoListener implements Listener {
   }
 }
 
+/** TLS over `node:tls`, as the adapter uses it. */
+interface TlsModules {
+  adapter: typeof import("./node_tls.ts");
+  nodeTls: NodeTlsLike;
+}
+
 function listenTls(
   deno: DenoLike,
-  nodeTls: NodeTlsLike,
+  { adapter, nodeTls }: TlsModules,
   options: ListenOptions & { tls: NonNullable<ListenOptions["tls"]> },
 ) {
   const { hostname, port, tls } = options;
-  const context = serverContext(nodeTls, tls);
+  const context = adapter.serverContext(nodeTls, tls);
   const raw = new DenoListener(deno.listen({ hostname, port, transport: "tcp" }));
-  return acceptInBackground(raw, (conn) => acceptNodeTls(nodeTls, conn, context), {
+  return acceptInBackground(raw, (conn) => adapter.acceptNodeTls(nodeTls, conn, context), {
     what: "TLS",
     timeout: tls.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT,
     onHandshakeError: options.onHandshakeError,
@@ -220,20 +225,26 @@ function listenTls(
  * Creates the TCP transport for Deno; with `tls` in the options it speaks TLS.
  *
  * @param deno the `Deno` namespace, or a stand-in with the same slice
- * @param nodeTls the `node:tls` module (for TLS), or a stand-in
+ * @param nodeTls the `node:tls` module (for TLS), or a stand-in; by default imported at the first TLS listen or connect
  * @returns a {@linkcode Transport} named `tcp`
  */
 export function denoTransport(
   deno: DenoLike = (globalThis as unknown as { Deno: DenoLike }).Deno,
-  nodeTls: NodeTlsLike = nodeTlsModule as unknown as NodeTlsLike,
+  nodeTls?: NodeTlsLike,
 ): Transport {
+  // Loaded at the first TLS listen or connect: together they cost every process ~7 MiB.
+  const tlsModules = async (): Promise<TlsModules> => ({
+    adapter: await import("./node_tls.ts"),
+    nodeTls: nodeTls ?? await importNodeTls<NodeTlsLike>(),
+  });
   return {
     name: "tcp",
     listen(options: ListenOptions): Promise<Listener> {
       try {
         if (options.tls) {
           checkListenTls(options.tls);
-          return Promise.resolve(listenTls(deno, nodeTls, { ...options, tls: options.tls }));
+          const tls = options.tls;
+          return tlsModules().then((modules) => listenTls(deno, modules, { ...options, tls }));
         }
         return Promise.resolve(
           new DenoListener(deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" })),
@@ -248,7 +259,9 @@ export function denoTransport(
       const raw = new DenoConn(
         await deno.connect({ hostname: options.hostname, port: options.port, transport: "tcp" }),
       );
-      return options.tls ? await startNodeTls(nodeTls, raw, { ...options, tls: options.tls }) : raw;
+      if (!options.tls) return raw;
+      const { adapter, nodeTls } = await tlsModules();
+      return await adapter.startNodeTls(nodeTls, raw, { ...options, tls: options.tls });
     },
   };
 }

@@ -26,6 +26,16 @@
 import type { Addr, TlsConnectOptions, TlsListenOptions } from "./types.ts";
 import { formatAddr } from "./types.ts";
 
+let nodeTlsModule: Promise<unknown> | undefined;
+
+/**
+ * `node:tls`, imported on first use: loading it up front costs every process
+ * 5-7 MiB, TLS or not.
+ */
+export function importNodeTls<T>(): Promise<T> {
+  return (nodeTlsModule ??= import("node:tls")) as Promise<T>;
+}
+
 /** Handshake limit when the options give none. */
 export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
