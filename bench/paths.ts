@@ -42,6 +42,8 @@ export interface BenchPath {
   about: string;
   /** o3sr targets from bench/README.md: the single-stream throughput ratio to reach. Null: a reference path. */
   targets: { throughputRatio: number } | null;
+  /** Descriptors its busiest process holds per idle client (2 with a session per client). @default {1} */
+  descriptorsPerClient?: number;
   /** Why this path cannot run on this machine, or null. */
   unavailable(context: PathContext): string | null;
   start(context: PathContext): Promise<RunningPath>;
@@ -71,16 +73,24 @@ export interface O3srPathOptions {
   matcherArgs?: string[];
   /** Extra `o3sr relay` flags. */
   relayArgs?: string[];
+  /** The relay opens a session per client (pool, event): the matcher may hold as many as there are clients. */
+  sessionPerClient?: boolean;
 }
 
 /** Matcher and relay as two processes from source, one relay session. */
 export function o3srPath(options: O3srPathOptions): BenchPath {
-  const extra = [...(options.matcherArgs ?? []), ...(options.relayArgs ?? [])];
+  // The default limit of 1,024 relay sessions would refuse most of the 10,000 idle clients.
+  const matcherArgs = [
+    ...(options.matcherArgs ?? []),
+    ...(options.sessionPerClient ? ["--max-relay-sessions", "20000"] : []),
+  ];
+  const extra = [...matcherArgs, ...(options.relayArgs ?? [])];
   return {
     name: options.name,
     about: `matcher + relay, two processes, from source under ${options.runtime === "bun" ? "Bun" : "Deno"}` +
       (extra.length > 0 ? ` (${extra.join(" ")})` : ""),
     targets: { throughputRatio: options.throughputRatio },
+    descriptorsPerClient: options.sessionPerClient ? 2 : 1,
     unavailable: (context) => options.runtime === "deno" && context.deno === null ? "deno not found" : null,
     async start(context) {
       const [command, prefix] = options.runtime === "bun"
@@ -104,7 +114,7 @@ export function o3srPath(options: O3srPathOptions): BenchPath {
           "--client-port",
           "0",
           ...tuning,
-          ...(options.matcherArgs ?? []),
+          ...matcherArgs,
         ]);
         children.push(matcher);
         const ports = await matcher.waitForLine(
@@ -228,8 +238,20 @@ export const PATHS: BenchPath[] = [
   o3srPath({ name: "o3sr-bun", runtime: "bun", throughputRatio: 0.36 }),
   o3srPath({ name: "o3sr-deno", runtime: "deno", throughputRatio: 0.30 }),
   // The other connection modes, under Bun: when does each win?
-  o3srPath({ name: "o3sr-bun-pool", runtime: "bun", throughputRatio: 0.36, relayArgs: ["--channel", "pool"] }),
-  o3srPath({ name: "o3sr-bun-event", runtime: "bun", throughputRatio: 0.36, relayArgs: ["--channel", "event"] }),
+  o3srPath({
+    name: "o3sr-bun-pool",
+    runtime: "bun",
+    throughputRatio: 0.36,
+    relayArgs: ["--channel", "pool"],
+    sessionPerClient: true,
+  }),
+  o3srPath({
+    name: "o3sr-bun-event",
+    runtime: "bun",
+    throughputRatio: 0.36,
+    relayArgs: ["--channel", "event"],
+    sessionPerClient: true,
+  }),
   bunHopsPath,
   socatPath,
 ];

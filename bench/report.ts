@@ -192,6 +192,13 @@ const METRICS: Metric[] = [
     target: (_p, _d, v) => ({ text: "<= 128 MiB", pass: v <= 128 * MiB }),
   },
   {
+    key: "rest_rss_mib",
+    label: "RSS at rest (fresh)",
+    value: (p) => p.idle?.beforeKiB ?? null,
+    show: (v) => `${formatNumber(v / MiB)} MiB`,
+    ratio: false,
+  },
+  {
     key: "idle_kib_per_stream",
     label: "RSS per idle stream",
     value: (p) => p.idle?.perStreamKiB ?? null,

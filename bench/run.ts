@@ -100,14 +100,14 @@ function bunExecutable(): string {
   return bun;
 }
 
-/** Scales the idle-stream count to the open-files limit (each process holds one fd per stream). */
-function idleCountFor(wanted: number): number {
+/** Scales the idle-stream count to the open-files limit: each process holds `perClient` descriptors per stream. */
+function idleCountFor(wanted: number, perClient: number, name: string): number {
   const limit = openFileLimit();
-  if (limit === null || limit >= wanted + 256) return wanted;
-  const scaled = Math.max(100, Math.floor((limit - 256) / 100) * 100);
+  if (limit === null || limit >= wanted * perClient + 256) return wanted;
+  const scaled = Math.max(100, Math.floor((limit - 256) / perClient / 100) * 100);
   log(
-    `note: ulimit -n is ${limit}; idle streams scaled down from ${wanted} to ${scaled} (raise it with \`ulimit -n ${
-      wanted + 1024
+    `note: ulimit -n is ${limit}; ${name} idle streams scaled down from ${wanted} to ${scaled} (raise it with \`ulimit -n ${
+      wanted * perClient + 1024
     }\`)`,
   );
   return scaled;
@@ -137,7 +137,6 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
   const started = new Date();
   const bun = bunExecutable();
   const selected = PATHS.filter((p) => p.name === "direct" || only === null || only.includes(p.name));
-  const idleCount = idleCountFor(plan.idleCount);
 
   const server = await startServer(bun);
   const context = pathContext(server.port, bun);
@@ -248,7 +247,8 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
     let fresh: RunningPath | null = null;
     try {
       fresh = await path.start(context);
-      result.idle = await idleStreams(bun, `${result.name} idle`, fresh, idleCount);
+      const count = idleCountFor(plan.idleCount, path.descriptorsPerClient ?? 1, result.name);
+      result.idle = await idleStreams(bun, `${result.name} idle`, fresh, count);
       if (result.idle) {
         log(`  ${result.name} idle: ${result.idle.streams} streams, ${result.idle.perStreamKiB.toFixed(1)} KiB each`);
       }
@@ -285,7 +285,7 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
         startedAt: started.toISOString(),
         finishedAt: new Date().toISOString(),
         host: hostInfo(context.deno, context.socat),
-        plan: { ...plan, idleCount },
+        plan,
         paths: results,
         rows,
       },
