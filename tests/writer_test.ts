@@ -103,6 +103,26 @@ describe("FrameWriter", () => {
     assert.equal(decodeAll(conn.writes[0]).length, 1000);
   });
 
+  test("both buffers start small and grow without losing or reordering a byte", async () => {
+    const conn = new HeldConn();
+    const writer = newWriter(conn);
+    const sent: Uint8Array[] = [];
+    const queue = (count: number) => {
+      for (let i = 0; i < count; i++) {
+        const payload = pseudoRandomBytes(1 + (sent.length * 37) % 3000, sent.length + 1);
+        sent.push(payload);
+        writer.frame(FrameType.TRAFFIC, 1, payload);
+      }
+    };
+    queue(100); // fills and grows the first buffer
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    queue(200); // while that write is held: the other buffer grows
+    await conn.releaseAll();
+    assert.equal(conn.writes.length, 2);
+    assert.deepEqual(decodeAll(concat(conn.writes)).map((frame) => frame.payload), sent);
+    assert.equal(writer.pending, 0);
+  });
+
   test("a failed write is reported once, and waiters are released", async () => {
     const conn = new HeldConn();
     const errors: unknown[] = [];

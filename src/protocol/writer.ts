@@ -12,7 +12,9 @@ import type { Conn } from "../transport/types.ts";
 import { writeHeader, writeUint32 } from "./codec.ts";
 import { HEADER_LENGTH } from "./frame.ts";
 
-const INITIAL_BUFFER = 64 * 1024;
+// Small to start: with a session per client (pool, event) a matcher holds
+// thousands of writers, and a busy one grows its two buffers to fit.
+const INITIAL_BUFFER = 4096;
 
 /**
  * Payloads at least this long are written from the caller's buffer rather than
