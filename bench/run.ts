@@ -1,7 +1,7 @@
 /**
  * The o3sr benchmark: `npm run bench [-- --quick] [--only PATHS] [--json FILE] [--soak MINUTES]`.
  *
- * Starts the load tool's server and every path side by side on loopback,
+ * Starts the load tool's server (one per path) and every path side by side on loopback,
  * measures throughput, latency, connection setup and memory, prints a table
  * with ratios against `direct` from the same run and writes the JSON to
  * bench/results/. See bench/README.md.
@@ -138,8 +138,11 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
   const bun = bunExecutable();
   const selected = PATHS.filter((p) => p.name === "direct" || only === null || only.includes(p.name));
 
-  const server = await startServer(bun);
-  const context = pathContext(server.port, bun);
+  // A server per path: the connections each path makes to its server wait out
+  // TIME_WAIT among their own ports, so one path's setup runs do not slow the
+  // connects of the paths after it.
+  const servers = await Promise.all(selected.map(() => startServer(bun)));
+  const contexts = servers.map((server) => pathContext(server.port, bun));
   const results = selected.map(emptyResult);
   const running = new Map<string, RunningPath>();
 
@@ -149,7 +152,7 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
     }`,
   );
   for (const [i, path] of selected.entries()) {
-    const reason = path.unavailable(context);
+    const reason = path.unavailable(contexts[i]);
     if (reason !== null) {
       results[i].status = "skipped";
       results[i].reason = reason;
@@ -157,7 +160,7 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
       continue;
     }
     try {
-      const started = await path.start(context);
+      const started = await path.start(contexts[i]);
       running.set(path.name, started);
       results[i].commands = started.commands;
     } catch (error) {
@@ -242,11 +245,12 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
 
   // Idle streams on a fresh forwarder each: the load above must not count.
   for (const result of active) {
-    const path = selected.find((p) => p.name === result.name)!;
+    const index = selected.findIndex((p) => p.name === result.name);
+    const path = selected[index];
     if (path.targets === null) continue;
     let fresh: RunningPath | null = null;
     try {
-      fresh = await path.start(context);
+      fresh = await path.start(contexts[index]);
       const count = idleCountFor(plan.idleCount, path.descriptorsPerClient ?? 1, result.name);
       result.idle = await idleStreams(bun, `${result.name} idle`, fresh, count);
       if (result.idle) {
@@ -259,7 +263,7 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
       await fresh?.stop();
     }
   }
-  await server.child.stop();
+  await Promise.all(servers.map((server) => server.child.stop()));
 
   const rows = buildRows(results);
   console.log();
@@ -284,7 +288,7 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
       {
         startedAt: started.toISOString(),
         finishedAt: new Date().toISOString(),
-        host: hostInfo(context.deno, context.socat),
+        host: hostInfo(contexts[0].deno, contexts[0].socat),
         plan,
         paths: results,
         rows,
