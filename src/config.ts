@@ -954,7 +954,7 @@ async function readConfigFile(system: ConfigSystem, path: string): Promise<strin
  * @throws {UsageError} on YAML syntax errors and invalid settings
  */
 export async function parseConfigText(text: string, path: string): Promise<Partial<Settings>> {
-  // Loaded only when there is a file: the parser alone adds ~10 MiB to every process.
+  // Loaded only when there is a file: the parser adds several MiB to every process that loads it.
   const { parse } = await import("yaml");
   let document: unknown;
   try {
