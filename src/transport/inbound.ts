@@ -25,12 +25,13 @@ export class Inbound {
   #buffered = 0;
   #paused = false;
   #eof = false;
-  #error: Error | null = null;
   /**
    * Why the connection ended, until someone needs it as an Error: most
    * connections end cleanly and nobody asks, and an Error costs a stack trace.
    */
   #reason: string | null = null;
+  /** Made from `#reason` on first use. */
+  #error: Error | null = null;
   #closedLocally = false;
   #reader: { resolve(chunk: Uint8Array | null): void; reject(error: Error): void } | null = null;
 
@@ -106,14 +107,11 @@ export class Inbound {
   /**
    * The connection is gone. A waiting reader gets `null` if the peer had
    * finished cleanly (and this side did not close), else `error`; later reads
-   * still drain what was queued first. A string is the message of a
+   * still drain what was queued first. `reason` is the message of a
    * {@linkcode ConnectionClosedError}, made only if someone reads it.
    */
-  fail(failure: Error | string): void {
-    if (!this.failed) {
-      if (typeof failure === "string") this.#reason = failure;
-      else this.#error = failure;
-    }
+  fail(reason: string): void {
+    this.#reason ??= reason;
     const reader = this.#reader;
     if (reader !== null) {
       this.#reader = null;
@@ -124,7 +122,7 @@ export class Inbound {
 
   /** Whether the connection is gone. */
   get failed(): boolean {
-    return this.#error !== null || this.#reason !== null;
+    return this.#reason !== null;
   }
 
   /** This side closed: every read fails from now on. */
@@ -134,7 +132,7 @@ export class Inbound {
 
   /** The failure, if any. */
   get error(): Error | null {
-    if (this.#error === null && this.#reason !== null) this.#error = new ConnectionClosedError(this.#reason);
+    if (this.#reason !== null) this.#error ??= new ConnectionClosedError(this.#reason);
     return this.#error;
   }
 }
