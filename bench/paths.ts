@@ -63,6 +63,21 @@ export const directPath: BenchPath = {
     Promise.resolve({ clientPort: context.destPort, commands: [], pids: [], stop: () => Promise.resolve() }),
 };
 
+/** The processes one path starts: each command line kept for the JSON, all stopped together. */
+class Processes {
+  readonly commands: string[] = [];
+  readonly children: Child[] = [];
+
+  spawn(name: string, command: string, args: string[]): Child {
+    this.commands.push([command, ...args].join(" "));
+    const child = spawnChild(name, command, args);
+    this.children.push(child);
+    return child;
+  }
+
+  readonly stop = async (): Promise<void> => void await Promise.all(this.children.map((child) => child.stop()));
+}
+
 /** Options of one o3sr configuration. */
 export interface O3srPathOptions {
   name: string;
@@ -96,14 +111,10 @@ export function o3srPath(options: O3srPathOptions): BenchPath {
       const [command, prefix] = options.runtime === "bun"
         ? [context.bun, ["src/main_bun.ts"]]
         : [context.deno!, ["run", "-A", "src/main_deno.ts"]];
-      const commands: string[] = [];
-      const o3sr = (role: string, args: string[]): Child => {
-        commands.push([command, ...prefix, role, ...args].join(" "));
-        return spawnChild(`${options.name} ${role}`, command, [...prefix, role, ...args]);
-      };
+      const processes = new Processes();
+      const o3sr = (role: string, args: string[]) =>
+        processes.spawn(`${options.name} ${role}`, command, [...prefix, role, ...args]);
       const tuning = benchTuning(command, prefix);
-      const children: Child[] = [];
-      const stop = async () => void await Promise.all(children.map((child) => child.stop()));
       try {
         // Port 0: the matcher picks free ports and logs them, so no race for a port.
         const matcher = o3sr("matcher", [
@@ -116,7 +127,6 @@ export function o3srPath(options: O3srPathOptions): BenchPath {
           ...tuning,
           ...matcherArgs,
         ]);
-        children.push(matcher);
         const ports = await matcher.waitForLine(
           /matcher listening.*relay_port=\S*?:(\d+).*client_port=\S*?:(\d+)/,
           START_TIMEOUT,
@@ -134,12 +144,12 @@ export function o3srPath(options: O3srPathOptions): BenchPath {
           "1",
           ...(options.relayArgs ?? []),
         ]);
-        children.push(relay);
         // The matcher's line, not the relay's: only then will it hand out streams.
         await matcher.waitForLine(/relay connected/, START_TIMEOUT);
+        const { commands, stop } = processes;
         return { clientPort: Number(ports[2]), commands, pids: [matcher.pid, relay.pid], stop };
       } catch (error) {
-        await stop();
+        await processes.stop();
         throw error;
       }
     },
@@ -180,23 +190,25 @@ export const socatPath: BenchPath = {
   unavailable: (context) => context.socat === null ? "not installed, skipped" : null,
   async start(context) {
     const [first, second] = [await freePort(), await freePort()];
-    const commands: string[] = [];
-    const hop = (name: string, listen: number, to: number) => {
-      // -t 5: after the client's FIN, wait for the sink's answer longer than socat's default 0.5 s.
-      const args = ["-t", "5", `TCP-LISTEN:${listen},bind=${HOST},reuseaddr,fork`, `TCP:${HOST}:${to}`];
-      commands.push([context.socat!, ...args].join(" "));
-      return spawnChild(name, context.socat!, args);
-    };
-    const children = [hop("socat hop 2", second, context.destPort), hop("socat hop 1", first, second)];
-    const stop = async () => void await Promise.all(children.map((child) => child.stop()));
+    const processes = new Processes();
+    // -t 5: after the client's FIN, wait for the sink's answer longer than socat's default 0.5 s.
+    const hop = (name: string, listen: number, to: number) =>
+      processes.spawn(name, context.socat!, [
+        "-t",
+        "5",
+        `TCP-LISTEN:${listen},bind=${HOST},reuseaddr,fork`,
+        `TCP:${HOST}:${to}`,
+      ]);
+    hop("socat hop 2", second, context.destPort);
+    hop("socat hop 1", first, second);
     for (const port of [second, first]) {
       if (!await canConnect(port, START_TIMEOUT)) {
-        await stop();
+        await processes.stop();
         throw new Error(`socat did not listen on ${port}`);
       }
     }
     // socat forks a process per connection: the parents' memory says nothing.
-    return { clientPort: first, commands, pids: [], stop };
+    return { clientPort: first, commands: processes.commands, pids: [], stop: processes.stop };
   },
 };
 
@@ -211,22 +223,18 @@ export const bunHopsPath: BenchPath = {
   targets: null,
   unavailable: () => null,
   async start(context) {
-    const commands: string[] = [];
-    const children: Child[] = [];
-    const stop = async () => void await Promise.all(children.map((child) => child.stop()));
+    const processes = new Processes();
     const hop = async (name: string, to: number) => {
-      const args = ["bench/forwarder.ts", "--to", String(to)];
-      commands.push([context.bun, ...args].join(" "));
-      const child = spawnChild(name, context.bun, args);
-      children.push(child);
+      const child = processes.spawn(name, context.bun, ["bench/forwarder.ts", "--to", String(to)]);
       return Number((await child.waitForLine(/listening on (\d+)/, START_TIMEOUT))[1]);
     };
     try {
       const second = await hop("bun-2hop hop 2", context.destPort);
       const first = await hop("bun-2hop hop 1", second);
+      const { commands, children, stop } = processes;
       return { clientPort: first, commands, pids: children.map((child) => child.pid), stop };
     } catch (error) {
-      await stop();
+      await processes.stop();
       throw error;
     }
   },
