@@ -12,6 +12,7 @@
  */
 
 import { acceptInBackground } from "./accept.ts";
+import { Inbound } from "./inbound.ts";
 import type { NodeTlsLike } from "./node_tls.ts";
 import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, importNodeTls, tlsVerification } from "./tls.ts";
 import {
@@ -57,6 +58,13 @@ const SMALL_READ = 16 * 1024;
 /** Larger reads share a slab this many reads long. */
 const SLAB_READS = 4;
 const EMPTY_SLAB = new Uint8Array(0);
+/**
+ * Bytes read ahead of the consumer before reading stops. Reading only when the
+ * consumer asks leaves a busy consumer's socket unread for milliseconds, so
+ * Linux never grows its receive buffer (it grows it only for a reader that
+ * keeps up), and that stream then crawls beside its siblings for good.
+ */
+const READ_AHEAD = 512 * 1024;
 
 function toAddr(addr: unknown): Addr {
   const { hostname, port } = addr as { hostname?: string; port?: number };
@@ -74,6 +82,9 @@ class DenoConn implements Conn {
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
   readonly #conn: DenoConnLike;
+  // Nothing to pause: the read loop stops by itself once the queue is full.
+  readonly #inbound = new Inbound(READ_AHEAD, { pause() {}, resume: () => this.#readAhead() });
+  #reading = false;
   #readSize = MIN_READ;
   #slab = EMPTY_SLAB;
   #slabUsed = 0;
@@ -94,33 +105,51 @@ class DenoConn implements Conn {
     }
   }
 
-  async read(): Promise<Uint8Array | null> {
-    if (this.#done) throw new ConnectionClosedError();
-    if (this.#eof) return null;
-    // Reads land in a slab that successive reads fill, so a busy connection
-    // allocates once per several reads; the chunk handed out is a view of it.
-    if (this.#slab.length - this.#slabUsed < this.#readSize) {
-      this.#slab = new Uint8Array(this.#readSize <= SMALL_READ ? this.#readSize : this.#readSize * SLAB_READS);
-      this.#slabUsed = 0;
-    }
-    const buffer = this.#slab.subarray(this.#slabUsed, this.#slabUsed + this.#readSize);
-    let n: number | null;
+  read(): Promise<Uint8Array | null> {
+    const chunk = this.#inbound.read();
+    this.#readAhead();
+    return chunk;
+  }
+
+  /** Reads into the queue until it is full, the peer's end, or a failure; never rejects. */
+  async #readAhead(): Promise<void> {
+    if (this.#reading) return;
+    this.#reading = true;
     try {
-      n = await this.#conn.read(buffer);
-    } catch (error) {
-      if (this.#done) throw new ConnectionClosedError();
-      this.#release();
-      throw new ConnectionClosedError(describe(error));
+      while (!this.#done && !this.#eof && !this.#inbound.full) {
+        // Reads land in a slab that successive reads fill, so a busy connection
+        // allocates once per several reads; each chunk is a view of it.
+        if (this.#slab.length - this.#slabUsed < this.#readSize) {
+          this.#slab = new Uint8Array(this.#readSize <= SMALL_READ ? this.#readSize : this.#readSize * SLAB_READS);
+          this.#slabUsed = 0;
+        }
+        const buffer = this.#slab.subarray(this.#slabUsed, this.#slabUsed + this.#readSize);
+        let n: number | null;
+        try {
+          n = await this.#conn.read(buffer);
+        } catch (error) {
+          this.#release(describe(error));
+          return;
+        }
+        if (n === null) {
+          this.#eof = true;
+          this.#inbound.end();
+          if (this.#wroteFin) this.#release("connection closed");
+          return;
+        }
+        this.#slabUsed += n;
+        if (n === buffer.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
+        else if (n < buffer.length >>> 2) this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
+        // A small chunk for an idle reader is a request or a reply: read next
+        // only when asked, so its answer is written first (one syscall less
+        // before it). Bulk data keeps the reads going.
+        const interactive = this.#inbound.waiting && n <= SMALL_READ;
+        this.#inbound.push(buffer.subarray(0, n));
+        if (interactive) break;
+      }
+    } finally {
+      this.#reading = false;
     }
-    if (n === null) {
-      this.#eof = true;
-      if (this.#wroteFin) this.#release();
-      return null;
-    }
-    this.#slabUsed += n;
-    if (n === buffer.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
-    else if (n < buffer.length >>> 2) this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
-    return buffer.subarray(0, n);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -131,9 +160,9 @@ class DenoConn implements Conn {
         offset += await this.#conn.write(offset === 0 ? chunk : chunk.subarray(offset));
       }
     } catch (error) {
-      if (this.#done) throw new ConnectionClosedError();
-      this.#release();
-      throw new ConnectionClosedError(describe(error));
+      if (this.#done) throw this.#inbound.error ?? new ConnectionClosedError();
+      this.#release(describe(error));
+      throw this.#inbound.error!;
     }
   }
 
@@ -145,21 +174,24 @@ class DenoConn implements Conn {
     } catch {
       // The peer already closed; nothing left to finish.
     }
-    if (this.#eof) this.#release();
+    if (this.#eof) this.#release("connection closed");
   }
 
   close(): void {
-    this.#release();
+    this.#inbound.closeLocally();
+    this.#release("connection closed");
   }
 
   reset(): void {
     // Deno offers no SO_LINGER, so the peer may see a plain close here.
-    this.#release();
+    this.close();
   }
 
-  #release(): void {
+  /** The socket is finished with: queued bytes stay readable, then reads give the end or `reason`. */
+  #release(reason: string): void {
     if (this.#done) return;
     this.#done = true;
+    this.#inbound.fail(reason);
     try {
       this.#conn.close();
     } catch {

@@ -54,6 +54,11 @@ export class Inbound {
     return this.#paused;
   }
 
+  /** Whether a reader waits for the next chunk (nothing is queued). */
+  get waiting(): boolean {
+    return this.#reader !== null;
+  }
+
   /** Whether at least the high-water mark is queued. */
   get full(): boolean {
     return this.#buffered >= this.#highWater;
