@@ -25,7 +25,10 @@ export interface CellResult {
   errors: string[];
   /** Median aggregate Gbit/s over the runs. */
   gbps: number | null;
-  /** Medians over the runs of the smallest and largest per-stream share. */
+  /**
+   * The smallest and largest per-stream share in any run: a stream starved in
+   * one run of three is a fairness bug, which a median would hide.
+   */
   shareMin: number | null;
   shareMax: number | null;
 }
@@ -83,8 +86,8 @@ export function summarizeCell(runs: ThroughputResult[], errors: string[]): CellR
     runs,
     errors,
     gbps: median(runs.map((run) => run.gbps)),
-    shareMin: runs[0].streams > 1 ? median(shares.map((s) => s[0])) : null,
-    shareMax: runs[0].streams > 1 ? median(shares.map((s) => s[1])) : null,
+    shareMin: runs[0].streams > 1 ? Math.min(...shares.map((s) => s[0])) : null,
+    shareMax: runs[0].streams > 1 ? Math.max(...shares.map((s) => s[1])) : null,
   };
 }
 
