@@ -88,7 +88,6 @@ class DenoConn implements Conn {
   #readSize = MIN_READ;
   #slab = EMPTY_SLAB;
   #slabUsed = 0;
-  #eof = false;
   #wroteFin = false;
   #done = false;
   #resolveClosed!: () => void;
@@ -116,7 +115,7 @@ class DenoConn implements Conn {
     if (this.#reading) return;
     this.#reading = true;
     try {
-      while (!this.#done && !this.#eof && !this.#inbound.full) {
+      while (!this.#done && !this.#inbound.ended && !this.#inbound.full) {
         // Reads land in a slab that successive reads fill, so a busy connection
         // allocates once per several reads; each chunk is a view of it.
         if (this.#slab.length - this.#slabUsed < this.#readSize) {
@@ -132,7 +131,6 @@ class DenoConn implements Conn {
           return;
         }
         if (n === null) {
-          this.#eof = true;
           this.#inbound.end();
           if (this.#wroteFin) this.#release("connection closed");
           return;
@@ -160,7 +158,7 @@ class DenoConn implements Conn {
         offset += await this.#conn.write(offset === 0 ? chunk : chunk.subarray(offset));
       }
     } catch (error) {
-      if (this.#done) throw this.#inbound.error ?? new ConnectionClosedError();
+      // Released already (closed here, or the read side failed first): that reason stands.
       this.#release(describe(error));
       throw this.#inbound.error!;
     }
@@ -174,7 +172,7 @@ class DenoConn implements Conn {
     } catch {
       // The peer already closed; nothing left to finish.
     }
-    if (this.#eof) this.#release("connection closed");
+    if (this.#inbound.ended) this.#release("connection closed");
   }
 
   close(): void {
