@@ -687,6 +687,27 @@ describe("session flow control", () => {
   );
 
   test(
+    "a queued payload is a copy of its bytes, not a view that keeps the whole read buffer alive",
+    scoped(async (scope) => {
+      const held: Stream[] = [];
+      const { session, peer } = await rawPair(scope, { side: "acceptor", onStream: (stream) => held.push(stream) });
+      await rawHandshake(session, peer);
+      const small = pseudoRandomBytes(1000, 24);
+      // One write, so both payloads arrive in one read buffer.
+      await peer.send(
+        encodeFrame(FrameType.CONNECT, 2),
+        encodeFrame(FrameType.TRAFFIC, 2, small),
+        encodeFrame(FrameType.CONNECT, 4),
+        encodeFrame(FrameType.TRAFFIC, 4, new Uint8Array(100_000)),
+      );
+      await waitFor(() => held.length === 2 && held[1].buffered === 100_000, 3000, "both payloads queued");
+      const chunk = (await held[0].read())!;
+      assertSameBytes(chunk, small, "queued payload");
+      assert.equal(chunk.buffer.byteLength, small.length, "the queued payload holds only its own bytes");
+    }),
+  );
+
+  test(
     "credit granted by WINDOW is exact: a full window is fine, one byte more is an error",
     scoped(async (scope) => {
       const held: Stream[] = [];

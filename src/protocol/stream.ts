@@ -267,7 +267,9 @@ export class Stream implements Conn {
       this.#consumed(payload.length);
       reader.resolve(payload);
     } else {
-      this.#chunks.push(payload);
+      // A payload is a view into the session's read buffer (up to 512 KiB, shared
+      // with other streams' bytes): a reader that stalls must not pin it whole.
+      this.#chunks.push(payload.byteLength * 2 < payload.buffer.byteLength ? payload.slice() : payload);
     }
   }
 
