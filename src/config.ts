@@ -402,7 +402,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     max: 0x7fff_ffff,
     default: 4 * 1024 * 1024,
     roles: BOTH,
-    help: "per-stream receive window (flow control)",
+    help: "largest per-stream receive window (flow control)",
   },
   {
     key: "heartbeat_interval",

@@ -5,9 +5,21 @@ import { ProtocolError, type ProtocolErrorCode, StreamResetError } from "../src/
 import { type Frame, FrameType, MAX_PAYLOAD, MAX_WINDOW } from "../src/protocol/frame.ts";
 import { Session, SESSION_DEFAULTS, type SessionOptions } from "../src/protocol/session.ts";
 import type { Stream } from "../src/protocol/stream.ts";
+import { INITIAL_WINDOW, WindowBudget } from "../src/protocol/window.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
 import { type Conn, ConnectionClosedError, type Transport } from "../src/transport/types.ts";
-import { delay, pseudoRandomBytes, readAll, runtime, settlesWithin, tcp, waitFor, writeAll } from "./_helpers.ts";
+import {
+  concat,
+  delay,
+  pseudoRandomBytes,
+  readAll,
+  readExactly,
+  runtime,
+  settlesWithin,
+  tcp,
+  waitFor,
+  writeAll,
+} from "./_helpers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -382,7 +394,7 @@ describe("session handshake", () => {
       const { session, peer } = await rawPair(scope, { side: "dialer", handshakeTimeout: 100 });
       const hello = await peer.expect("dialer HELLO", (f) => f.type === FrameType.HELLO);
       assert.equal(hello.streamId, 0);
-      assert.equal(JSON.parse(decoder.decode(hello.payload)).window, SESSION_DEFAULTS.window);
+      assert.equal(JSON.parse(decoder.decode(hello.payload)).window, INITIAL_WINDOW);
       const reason = await within(session.closed, 3000, "handshake timeout");
       assert.match(reason, /no handshake within 100 ms/);
       assert.equal((session.closeError as ProtocolError).code, "handshake");
@@ -683,6 +695,77 @@ describe("session flow control", () => {
         assert.ok(peak <= window, `buffered peaked at ${peak} bytes, the window is ${window}`);
       }
       assert.equal(dialer.isClosed || acceptor.isClosed, false);
+    }),
+  );
+
+  test(
+    "a stream whose reader keeps up grows its window from the shared budget and returns it at the end",
+    scoped(async (scope) => {
+      const window = 4 * 1024 * 1024;
+      const budget = new WindowBudget(64 * 1024 * 1024);
+      const received: Promise<Uint8Array>[] = [];
+      const { dialer, acceptor } = await readyPair(scope, {
+        transport: tcp(),
+        acceptor: {
+          window,
+          windowBudget: budget,
+          onStream: (stream) => void received.push(readAll(stream).finally(() => stream.closeWrite())),
+        },
+      });
+      const peerHello = await dialer.ready;
+      assert.equal(peerHello.window, INITIAL_WINDOW, "HELLO announces the initial window, not the largest");
+      const data = pseudoRandomBytes(16 * 1024 * 1024, 23);
+      const stream = dialer.openStream();
+      await within(writeAll(stream, data, 512 * 1024), 10_000, "write 16 MiB");
+      await waitFor(() => received.length === 1, 3000, "stream accepted");
+      assert.equal(
+        budget.available,
+        budget.size - (window - INITIAL_WINDOW),
+        "the window grew to the session's window, out of the budget",
+      );
+      await stream.closeWrite();
+      assertSameBytes(await within(received[0], 5000, "read all"), data, "grown stream");
+      await waitFor(() => acceptor.stats().openStreams === 0, 3000, "stream released");
+      assert.equal(budget.available, budget.size, "growth returned");
+    }),
+  );
+
+  test(
+    "streams whose readers stall hold at most their initial windows plus the shared budget",
+    scoped(async (scope) => {
+      const budget = new WindowBudget(1024 * 1024);
+      const readers: Stream[] = [];
+      const { dialer } = await readyPair(scope, {
+        transport: tcp(),
+        acceptor: { windowBudget: budget, onStream: (stream) => void readers.push(stream) },
+      });
+      const count = 6;
+      const first = 2 * 1024 * 1024;
+      const data = Array.from({ length: count }, (_, i) => pseudoRandomBytes(8 * 1024 * 1024, 30 + i));
+      const streams = data.map(() => dialer.openStream());
+      const writing = streams.map((stream, i) => guard(writeAll(stream, data[i], 256 * 1024)));
+      await waitFor(() => readers.length === count, 3000, "streams accepted");
+      // Each reader keeps up for its first 2 MiB (so windows grow while the budget lasts), then stops.
+      const heads = await within(
+        Promise.all(readers.map((reader) => readExactly(reader, first))),
+        10_000,
+        "first 2 MiB of each stream",
+      );
+      await delay(300);
+      const held = () => readers.reduce((sum, reader) => sum + reader.buffered, 0);
+      const limit = count * INITIAL_WINDOW + budget.size;
+      const max = sampleMax(held);
+      await delay(300);
+      const peak = max.stop();
+      assert.ok(peak <= limit, `stalled readers hold ${peak} bytes, more than ${limit}`);
+      assert.ok(budget.available < INITIAL_WINDOW, "the growth budget was used");
+      assert.equal(await settlesWithin(Promise.race(writing), 0), false, "writers wait for credit");
+      // Reading again: every byte arrives, in order.
+      for (const stream of streams) void writing[streams.indexOf(stream)].then(() => stream.closeWrite());
+      const tails = await within(Promise.all(readers.map((reader) => readAll(reader))), 10_000, "the rest");
+      for (let i = 0; i < count; i++) {
+        assertSameBytes(concat([heads[i], tails[i]]), data[i], `stream ${i}`);
+      }
     }),
   );
 

@@ -21,11 +21,12 @@ import {
   MAX_WINDOW,
 } from "./frame.ts";
 import { Stream, type StreamHost } from "./stream.ts";
+import { INITIAL_WINDOW, sharedWindowBudget, type WindowBudget } from "./window.ts";
 import { FrameWriter } from "./writer.ts";
 
 /** The JSON object each side sends in its HELLO frame. */
 export interface Hello {
-  /** Receive window the sender grants each new stream, in bytes. */
+  /** Receive window the sender grants each new stream at first, in bytes; it may grant more later. */
   window: number;
   /** Largest payload the sender accepts in one frame (absent: the protocol's maximum). */
   maxFrame?: number;
@@ -57,10 +58,17 @@ export interface SessionOptions {
    */
   answer?: (hello: Hello) => Promise<Record<string, unknown>> | null;
   /**
-   * Receive window granted to each stream, in bytes.
+   * Largest receive window a stream grows to, in bytes. Streams start with
+   * {@linkcode INITIAL_WINDOW} (or this, if smaller) and grow while their
+   * readers keep up and `windowBudget` has room.
    * @default {4194304}
    */
   window?: number;
+  /**
+   * Where stream windows grow from beyond their initial size.
+   * @default {sharedWindowBudget}
+   */
+  windowBudget?: WindowBudget;
   /**
    * Largest TRAFFIC payload this side sends.
    * @default {262144}
@@ -103,7 +111,7 @@ export interface SessionOptions {
 
 /** The session options a matcher or relay passes through from its settings (`maxFrame` is `maxPayload`). */
 export interface SessionTunables {
-  /** Per-stream receive window in bytes. @default {4194304} */
+  /** Largest per-stream receive window in bytes. @default {4194304} */
   window?: number;
   /** Milliseconds between heartbeats; 0 disables them. @default {10000} */
   heartbeatInterval?: number;
@@ -167,7 +175,11 @@ export class Session implements StreamHost {
   maxFramePayload: number;
   readonly #conn: Conn;
   readonly #options: SessionOptions;
+  /** Largest receive window a stream grows to. */
+  readonly maxWindow: number;
+  /** Receive window a stream starts with, as announced in HELLO. */
   readonly #window: number;
+  readonly windowBudget: WindowBudget;
   readonly #streams = new Map<number, Stream>();
   readonly #decoder: FrameDecoder;
   #state: "handshake" | "open" | "closed" = "handshake";
@@ -219,10 +231,12 @@ export class Session implements StreamHost {
   constructor(conn: Conn, options: SessionOptions) {
     this.#conn = conn;
     this.#options = options;
-    this.#window = options.window ?? SESSION_DEFAULTS.window;
-    if (!Number.isInteger(this.#window) || this.#window < 1 || this.#window > MAX_WINDOW) {
-      throw new RangeError(`Cannot start session: window must be 1-${MAX_WINDOW} bytes, received ${this.#window}`);
+    this.maxWindow = options.window ?? SESSION_DEFAULTS.window;
+    if (!Number.isInteger(this.maxWindow) || this.maxWindow < 1 || this.maxWindow > MAX_WINDOW) {
+      throw new RangeError(`Cannot start session: window must be 1-${MAX_WINDOW} bytes, received ${this.maxWindow}`);
     }
+    this.#window = Math.min(INITIAL_WINDOW, this.maxWindow);
+    this.windowBudget = options.windowBudget ?? sharedWindowBudget;
     this.maxFramePayload = Math.min(
       options.maxFramePayload ?? SESSION_DEFAULTS.maxFramePayload,
       MAX_PAYLOAD,

@@ -9,6 +9,7 @@ import type { Addr, Conn } from "../transport/types.ts";
 import { ConnectionClosedError } from "../transport/types.ts";
 import { ProtocolError, StreamResetError } from "./errors.ts";
 import { FrameType, MAX_WINDOW } from "./frame.ts";
+import type { WindowBudget } from "./window.ts";
 import { COPY_LIMIT, type FrameWriter } from "./writer.ts";
 
 /** What a stream needs from its session. */
@@ -16,6 +17,10 @@ export interface StreamHost {
   readonly writer: FrameWriter;
   /** Largest TRAFFIC payload to send in one frame. */
   readonly maxFramePayload: number;
+  /** Largest receive window a stream grows to. */
+  readonly maxWindow: number;
+  /** Where a stream's window grows from beyond its initial size. */
+  readonly windowBudget: WindowBudget;
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
   /** Called once when the stream is done, so the session forgets it. */
@@ -37,7 +42,9 @@ interface Waiter<T> {
  *
  * Flow control: the peer may have at most `window` unread bytes in flight; the
  * stream grants more as the consumer reads. A stalled consumer therefore costs
- * at most one window of memory and never stalls other streams.
+ * at most one window of memory and never stalls other streams. The window
+ * starts small and doubles, up to the host's `maxWindow`, while the consumer
+ * keeps up and the host's `windowBudget` has room.
  */
 export class Stream implements Conn {
   /** Stream id, unique within its session. */
@@ -45,7 +52,10 @@ export class Stream implements Conn {
   /** Metadata the opener sent with CONNECT (parsed JSON), if any. */
   readonly meta: Record<string, unknown>;
   readonly #host: StreamHost;
-  readonly #window: number;
+  /** Current receive window: the initial one, plus what it grew by. */
+  #window: number;
+  /** Bytes the window grew by, taken from the host's budget. */
+  #grown = 0;
 
   // Receiving.
   #chunks: Uint8Array[] = [];
@@ -87,7 +97,7 @@ export class Stream implements Conn {
    *
    * @param host the session carrying this stream
    * @param id stream id
-   * @param window receive window this side granted the peer
+   * @param window receive window this side granted the peer at first
    * @param sendWindow initial credit the peer granted this side
    * @param meta metadata from CONNECT
    * @param openedHere whether this side sent the CONNECT
@@ -336,11 +346,20 @@ export class Stream implements Conn {
     if (this.#released || this.#remoteFin) return;
     this.#unacknowledged += length;
     // Grant credit in batches of half a window: few WINDOW frames, no stall.
-    if (this.#unacknowledged >= this.#window >>> 1) {
-      this.#host.writer.frameUint32(FrameType.WINDOW, this.id, this.#unacknowledged);
-      this.#recvCredit += this.#unacknowledged;
-      this.#unacknowledged = 0;
+    if (this.#unacknowledged < this.#window >>> 1) return;
+    let increment = this.#unacknowledged;
+    // Nothing left queued: the consumer keeps up, so a larger window would be used.
+    if (this.#chunks.length === 0 && this.#window < this.#host.maxWindow) {
+      const growth = Math.min(this.#window, this.#host.maxWindow - this.#window);
+      if (this.#host.windowBudget.take(growth)) {
+        this.#window += growth;
+        this.#grown += growth;
+        increment += growth;
+      }
     }
+    this.#host.writer.frameUint32(FrameType.WINDOW, this.id, increment);
+    this.#recvCredit += increment;
+    this.#unacknowledged = 0;
   }
 
   #finishIfDone(): void {
@@ -350,6 +369,8 @@ export class Stream implements Conn {
   #release(error: Error | null): void {
     if (this.#released) return;
     this.#released = true;
+    this.#host.windowBudget.give(this.#grown);
+    this.#grown = 0;
     if (error) this.#error = error;
     const reader = this.#reader;
     if (reader !== null) {
