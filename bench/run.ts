@@ -171,6 +171,21 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
   }
   const active = results.filter((r) => running.has(r.name));
 
+  // Untimed, one run each way per path first: a fresh o3sr's JIT is still compiling its
+  // bulk-data path through its first runs (7.5, 8.3, 8.9, 9.3 Gbit/s in a row, measured),
+  // and a relay in service is warm. Latency and setup get untimed rounds of their own.
+  for (const result of active) {
+    for (const direction of ["upload", "download"] as const) {
+      const label = `${result.name} warm-up ${direction}`;
+      try {
+        const run = await throughput(bun, label, running.get(result.name)!.clientPort, direction, 1, plan.seconds);
+        log(`  ${label}: ${run.gbps.toFixed(2)} Gbit/s (untimed)`);
+      } catch (error) {
+        log(`  ${label}: FAILED ${firstLine(error)}`); // the timed runs record failures
+      }
+    }
+  }
+
   // Throughput: rounds interleave the paths, so a noisy spell on the shared box hits all of them.
   for (const { cell, direction, streams } of CELLS) {
     const runs = new Map<string, ThroughputResult[]>(active.map((r) => [r.name, []]));
