@@ -52,12 +52,15 @@ export interface DenoLike {
 // Reads start small so idle connections hold little memory, and grow while
 // the peer keeps filling them.
 const MIN_READ = 2 * 1024;
-const MAX_READ = 256 * 1024;
-/** Reads up to this size get a buffer of their own (idle connections stay small). */
+/**
+ * Largest read. Each read is a Deno op with a cost of its own, so bulk data
+ * goes in reads this large (against 256 KiB: about 15% more single-stream
+ * upload and 20% more 8-stream download, at the same peak RSS).
+ */
+export const MAX_READ = 1024 * 1024;
+/** A read this small that is answered at once is a request or a reply. */
 const SMALL_READ = 16 * 1024;
-/** Larger reads share a slab this many reads long. */
-const SLAB_READS = 4;
-const EMPTY_SLAB = new Uint8Array(0);
+const EMPTY_BUFFER = new Uint8Array(0);
 /**
  * Bytes read ahead of the consumer before reading stops. Reading only when the
  * consumer asks leaves a busy consumer's socket unread for milliseconds, so
@@ -86,8 +89,9 @@ class DenoConn implements Conn {
   readonly #inbound = new Inbound(READ_AHEAD, { pause() {}, resume: () => this.#readAhead() });
   #reading = false;
   #readSize = MIN_READ;
-  #slab = EMPTY_SLAB;
-  #slabUsed = 0;
+  /** Where reads land; a read that leaves room lets the next one use the rest. */
+  #buffer = EMPTY_BUFFER;
+  #bufferUsed = 0;
   #wroteFin = false;
   #done = false;
   #resolveClosed!: () => void;
@@ -116,13 +120,12 @@ class DenoConn implements Conn {
     this.#reading = true;
     try {
       while (!this.#done && !this.#inbound.ended && !this.#inbound.full) {
-        // Reads land in a slab that successive reads fill, so a busy connection
-        // allocates once per several reads; each chunk is a view of it.
-        if (this.#slab.length - this.#slabUsed < this.#readSize) {
-          this.#slab = new Uint8Array(this.#readSize <= SMALL_READ ? this.#readSize : this.#readSize * SLAB_READS);
-          this.#slabUsed = 0;
+        // Each chunk is a view of the buffer it was read into.
+        if (this.#buffer.length - this.#bufferUsed < this.#readSize) {
+          this.#buffer = new Uint8Array(this.#readSize);
+          this.#bufferUsed = 0;
         }
-        const buffer = this.#slab.subarray(this.#slabUsed, this.#slabUsed + this.#readSize);
+        const buffer = this.#buffer.subarray(this.#bufferUsed, this.#bufferUsed + this.#readSize);
         let n: number | null;
         try {
           n = await this.#conn.read(buffer);
@@ -135,7 +138,7 @@ class DenoConn implements Conn {
           if (this.#wroteFin) this.#release("connection closed");
           return;
         }
-        this.#slabUsed += n;
+        this.#bufferUsed += n;
         if (n === buffer.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
         else if (n < buffer.length >>> 2) this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
         // A small chunk for an idle reader is a request or a reply: read next
