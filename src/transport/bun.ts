@@ -35,7 +35,7 @@ import {
   type ListenOptions,
   type Transport,
 } from "./types.ts";
-import { Inbound } from "./inbound.ts";
+import { Inbound, sharedReadBudget } from "./inbound.ts";
 
 /** The slice of a Bun socket this adapter uses. */
 export interface BunSocketLike {
@@ -129,7 +129,7 @@ class BunConn implements Conn {
   readonly #inbound = new Inbound(READ_HIGH_WATER, {
     pause: () => this.#socket?.pause(),
     resume: () => this.#socket?.resume(),
-  });
+  }, sharedReadBudget);
   #unwritten: Uint8Array | null = null;
   #writer: Waiter<void> | null = null;
   #finRequested = false;

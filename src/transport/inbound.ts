@@ -4,6 +4,13 @@
  * high-water mark the socket is asked to pause, and to resume below half of
  * it, so a slow reader slows the peer down instead of growing memory.
  *
+ * Queues may share a {@linkcode ReadBudget}: once the bytes queued across all
+ * of them pass it, each socket pauses as soon as it has delivered a chunk and
+ * reads again only when its reader asks. A thousand clients uploading into a
+ * relay that cannot keep up then hold about one chunk each, not a high-water
+ * mark each; a reader that asks always gets its socket read, so nothing waits
+ * on another connection's queue.
+ *
  * @module
  */
 
@@ -17,10 +24,35 @@ export interface InboundFlow {
   resume(): void;
 }
 
+/** Bytes queued by the {@linkcode Inbound}s sharing it, and how many they may queue before reading only on demand. */
+export class ReadBudget {
+  /** Queued bytes above which sockets read only when their reader asks. */
+  readonly size: number;
+  /** Bytes queued now, across the queues sharing this budget. */
+  queued = 0;
+
+  /** @param size queued bytes above which sockets read only when their reader asks */
+  constructor(size: number) {
+    this.size = size;
+  }
+
+  /** Whether more than `size` bytes are queued. */
+  get exceeded(): boolean {
+    return this.queued > this.size;
+  }
+}
+
+/** Default size of {@linkcode sharedReadBudget}. */
+export const DEFAULT_READ_BUDGET = 64 * 1024 * 1024;
+
+/** The budget the TCP adapters' connections share in a process. */
+export const sharedReadBudget: ReadBudget = new ReadBudget(DEFAULT_READ_BUDGET);
+
 /** Received bytes for one reader: chunks, then an end (FIN) or a failure. */
 export class Inbound {
   readonly #highWater: number;
   readonly #flow: InboundFlow;
+  readonly #budget: ReadBudget | null;
   #chunks: Uint8Array[] = [];
   #buffered = 0;
   #paused = false;
@@ -38,10 +70,12 @@ export class Inbound {
   /**
    * @param highWater queued bytes at which the socket is paused
    * @param flow how to pause and resume the socket
+   * @param budget shared with other queues, if any
    */
-  constructor(highWater: number, flow: InboundFlow) {
+  constructor(highWater: number, flow: InboundFlow, budget: ReadBudget | null = null) {
     this.#highWater = highWater;
     this.#flow = flow;
+    this.#budget = budget;
   }
 
   /** Whether the peer's end (FIN) arrived. */
@@ -69,15 +103,18 @@ export class Inbound {
     if (this.#closedLocally) return Promise.reject(new ConnectionClosedError());
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
-      this.#buffered -= chunk.length;
-      if (this.#paused && this.#buffered < this.#highWater >>> 1) {
-        this.#paused = false;
-        this.#flow.resume();
+      this.#take(chunk.length);
+      if (
+        this.#paused && (this.#buffered === 0 || (this.#buffered < this.#highWater >>> 1 && !this.#budget?.exceeded))
+      ) {
+        this.#resume();
       }
       return Promise.resolve(chunk);
     }
     if (this.#eof) return Promise.resolve(null);
     if (this.failed) return Promise.reject(this.error);
+    // The reader asks and nothing is queued: read, whatever the budget says.
+    if (this.#paused) this.#resume();
     return new Promise((resolve, reject) => this.#reader = { resolve, reject });
   }
 
@@ -88,14 +125,14 @@ export class Inbound {
     if (reader !== null) {
       this.#reader = null;
       reader.resolve(chunk);
+      // Over budget: the next bytes wait in the kernel until the reader asks.
+      if (!this.#paused && this.#budget?.exceeded) this.#pause();
       return;
     }
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
-    if (!this.#paused && this.#buffered >= this.#highWater) {
-      this.#paused = true;
-      this.#flow.pause();
-    }
+    if (this.#budget) this.#budget.queued += chunk.length;
+    if (!this.#paused && (this.#buffered >= this.#highWater || this.#budget?.exceeded)) this.#pause();
   }
 
   /** The peer finished sending: after the queued bytes, reads give `null`. */
@@ -130,9 +167,26 @@ export class Inbound {
     return this.#reason !== null;
   }
 
-  /** This side closed: every read fails from now on. */
+  /** This side closed: every read fails from now on, and queued bytes are dropped. */
   closeLocally(): void {
     this.#closedLocally = true;
+    this.#chunks = [];
+    this.#take(this.#buffered);
+  }
+
+  #take(length: number): void {
+    this.#buffered -= length;
+    if (this.#budget) this.#budget.queued -= length;
+  }
+
+  #pause(): void {
+    this.#paused = true;
+    this.#flow.pause();
+  }
+
+  #resume(): void {
+    this.#paused = false;
+    this.#flow.resume();
   }
 
   /** The failure, if any. */

@@ -38,7 +38,7 @@ import {
   type ListenOptions,
   type Transport,
 } from "./types.ts";
-import { Inbound } from "./inbound.ts";
+import { Inbound, sharedReadBudget } from "./inbound.ts";
 
 /** The slice of a `node:net` `Socket` (or `node:tls` `TLSSocket`) this adapter uses. */
 export interface NodeSocketLike {
@@ -147,7 +147,11 @@ class NodeConn implements Conn {
 
   constructor(socket: NodeSocketLike) {
     this.#socket = socket;
-    this.#inbound = new Inbound(READ_HIGH_WATER, { pause: () => socket.pause(), resume: () => socket.resume() });
+    this.#inbound = new Inbound(
+      READ_HIGH_WATER,
+      { pause: () => socket.pause(), resume: () => socket.resume() },
+      sharedReadBudget,
+    );
     try {
       socket.setNoDelay(true);
     } catch {
