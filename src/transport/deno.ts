@@ -12,7 +12,7 @@
  */
 
 import { acceptInBackground } from "./accept.ts";
-import { Inbound } from "./inbound.ts";
+import { Inbound, sharedReadBudget } from "./inbound.ts";
 import type { NodeTlsLike } from "./node_tls.ts";
 import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, importNodeTls, tlsVerification } from "./tls.ts";
 import {
@@ -86,7 +86,7 @@ class DenoConn implements Conn {
   readonly remoteAddr: Addr;
   readonly #conn: DenoConnLike;
   // Nothing to pause: the read loop stops by itself once the queue is full.
-  readonly #inbound = new Inbound(READ_AHEAD, { pause() {}, resume: () => this.#readAhead() });
+  readonly #inbound = new Inbound(READ_AHEAD, { pause() {}, resume: () => this.#readAhead() }, sharedReadBudget);
   #reading = false;
   #readSize = MIN_READ;
   /** Where reads land; a read that leaves room lets the next one use the rest. */
@@ -119,7 +119,11 @@ class DenoConn implements Conn {
     if (this.#reading) return;
     this.#reading = true;
     try {
-      while (!this.#done && !this.#inbound.ended && !this.#inbound.full) {
+      // Past the shared budget, read only for a reader that waits.
+      while (
+        !this.#done && !this.#inbound.ended && !this.#inbound.full &&
+        (this.#inbound.waiting || !sharedReadBudget.exceeded)
+      ) {
         // Each chunk is a view of the buffer it was read into.
         if (this.#buffer.length - this.#bufferUsed < this.#readSize) {
           this.#buffer = new Uint8Array(this.#readSize);
