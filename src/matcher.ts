@@ -25,7 +25,9 @@ import { ProtocolError } from "./protocol/errors.ts";
 import { FrameType } from "./protocol/frame.ts";
 import { Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
 import type { Stream } from "./protocol/stream.ts";
+import { sharedWindowBudget } from "./protocol/window.ts";
 import { DEFAULT_SERVICE, type PoolMember, Service } from "./service.ts";
+import { sharedReadBudget } from "./transport/inbound.ts";
 import { fingerprintOfPem } from "./transport/tls.ts";
 import {
   type Addr,
@@ -248,6 +250,21 @@ class MatcherServer implements Matcher {
     this.#metrics.gauge("relay_sessions", "Relay sessions connected now.", () => this.#relays.length);
     this.#metrics.gauge("open_streams", "Client streams open now.", () => this.#openStreams());
     this.#metrics.gauge("clients_waiting", "Clients waiting for a relay.", () => this.#waiting());
+    // The process's two memory budgets: full ones mean slow or stalled clients are holding memory.
+    this.#metrics.gauge(
+      "read_queued_bytes",
+      `Bytes read from sockets that their readers have not taken yet; past ${
+        formatBytes(sharedReadBudget.size)
+      } sockets read only on demand.`,
+      () => sharedReadBudget.queued,
+    );
+    this.#metrics.gauge(
+      "window_growth_bytes",
+      `Receive window granted beyond streams' initial windows, out of a budget of ${
+        formatBytes(sharedWindowBudget.size)
+      }.`,
+      () => sharedWindowBudget.size - sharedWindowBudget.available,
+    );
     this.#metrics.gauge(
       "uptime_seconds",
       "Seconds since the matcher started.",

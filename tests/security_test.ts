@@ -383,6 +383,8 @@ describe("admin endpoints", () => {
     }
     assert.equal(samples.get("o3sr_relay_sessions"), 1);
     assert.equal(samples.get("o3sr_open_streams"), 1);
+    assert.ok(samples.get("o3sr_read_queued_bytes")! >= 0, "read queue gauge");
+    assert.ok(samples.get("o3sr_window_growth_bytes")! >= 0, "window growth gauge");
     assert.equal(samples.get("o3sr_streams_opened_total"), 2);
     assert.equal(samples.get('o3sr_streams_closed_total{outcome="clean"}'), 1);
     assert.equal(samples.get('o3sr_bytes_total{direction="up"}'), 3);
