@@ -761,7 +761,7 @@ describe("session flow control", () => {
       assert.ok(budget.available < INITIAL_WINDOW, "the growth budget was used");
       assert.equal(await settlesWithin(Promise.race(writing), 0), false, "writers wait for credit");
       // Reading again: every byte arrives, in order.
-      for (const stream of streams) void writing[streams.indexOf(stream)].then(() => stream.closeWrite());
+      streams.forEach((stream, i) => void writing[i].then(() => stream.closeWrite()));
       const tails = await within(Promise.all(readers.map((reader) => readAll(reader))), 10_000, "the rest");
       for (let i = 0; i < count; i++) {
         assertSameBytes(concat([heads[i], tails[i]]), data[i], `stream ${i}`);
