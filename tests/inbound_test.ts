@@ -120,7 +120,8 @@ describe("inbound queue and its read budget", () => {
         listener.close();
         for (const conn of [...clients, ...accepted]) conn.close();
       }
-      assert.equal(sharedReadBudget.queued, start, "closed connections gave their queued bytes back");
+      // At most what was queued before: connections an earlier test left may have closed meanwhile.
+      assert.ok(sharedReadBudget.queued <= start, "closed connections gave their queued bytes back");
     },
   );
 });
