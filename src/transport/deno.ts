@@ -85,7 +85,8 @@ class DenoConn implements Conn {
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
   readonly #conn: DenoConnLike;
-  // Nothing to pause: the read loop stops by itself once the queue is full.
+  // Pausing is the read loop stopping while the queue says so (full, or past the
+  // shared budget with no reader waiting); resuming starts it again.
   readonly #inbound = new Inbound(READ_AHEAD, { pause() {}, resume: () => this.#readAhead() }, sharedReadBudget);
   #reading = false;
   #readSize = MIN_READ;
@@ -119,11 +120,7 @@ class DenoConn implements Conn {
     if (this.#reading) return;
     this.#reading = true;
     try {
-      // Past the shared budget, read only for a reader that waits.
-      while (
-        !this.#done && !this.#inbound.ended && !this.#inbound.full &&
-        (this.#inbound.waiting || !sharedReadBudget.exceeded)
-      ) {
+      while (!this.#done && !this.#inbound.ended && !this.#inbound.paused) {
         // Each chunk is a view of the buffer it was read into.
         if (this.#buffer.length - this.#bufferUsed < this.#readSize) {
           this.#buffer = new Uint8Array(this.#readSize);
