@@ -74,11 +74,14 @@ async function copy(
   count: (n: number) => void,
   pendingRead?: Promise<Uint8Array | null>,
 ): Promise<void> {
+  // A resolved write holds no reference to its chunk, so chunks can be borrowed.
+  const borrow = from.readBorrowed !== undefined && from.giveBack !== undefined;
   for (;;) {
-    const chunk = await (pendingRead ?? from.read());
+    const chunk = await (pendingRead ?? (borrow ? from.readBorrowed!() : from.read()));
     pendingRead = undefined;
     if (chunk === null) return to.closeWrite();
     await to.write(chunk);
+    if (borrow) from.giveBack!(chunk);
     count(chunk.length);
   }
 }

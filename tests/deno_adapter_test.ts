@@ -5,7 +5,8 @@
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { type DenoConnLike, type DenoLike, denoTransport, MAX_READ } from "../src/transport/deno.ts";
+import { type DenoConnLike, type DenoLike, denoTransport } from "../src/transport/deno.ts";
+import { MAX_READ } from "../src/transport/read_buffers.ts";
 import { delay } from "./_helpers.ts";
 
 /** A socket whose peer sends `total` bytes (byte i is i & 0xff), then its end or `failure`. */

@@ -13,6 +13,7 @@
 
 import { acceptInBackground } from "./accept.ts";
 import { Inbound, sharedReadBudget } from "./inbound.ts";
+import { MAX_READ, ReadBuffers } from "./read_buffers.ts";
 import type { NodeTlsLike } from "./node_tls.ts";
 import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, importNodeTls, tlsVerification } from "./tls.ts";
 import {
@@ -52,15 +53,8 @@ export interface DenoLike {
 // Reads start small so idle connections hold little memory, and grow while
 // the peer keeps filling them.
 const MIN_READ = 2 * 1024;
-/**
- * Largest read. Each read is a Deno op with a cost of its own, so bulk data
- * goes in reads this large (against 256 KiB: about 15% more single-stream
- * upload and 20% more 8-stream download, at the same peak RSS).
- */
-export const MAX_READ = 1024 * 1024;
 /** A read this small that is answered at once is a request or a reply. */
 const SMALL_READ = 16 * 1024;
-const EMPTY_BUFFER = new Uint8Array(0);
 /**
  * Bytes read ahead of the consumer before reading stops. Reading only when the
  * consumer asks leaves a busy consumer's socket unread for milliseconds, so
@@ -90,9 +84,8 @@ class DenoConn implements Conn {
   readonly #inbound = new Inbound(READ_AHEAD, { pause() {}, resume: () => this.#readAhead() }, sharedReadBudget);
   #reading = false;
   #readSize = MIN_READ;
-  /** Where reads land; a read that leaves room lets the next one use the rest. */
-  #buffer = EMPTY_BUFFER;
-  #bufferUsed = 0;
+  /** Where reads land; chunks lent by {@linkcode readBorrowed} let their memory be read into again. */
+  readonly #buffers = new ReadBuffers();
   #wroteFin = false;
   #done = false;
   #resolveClosed!: () => void;
@@ -110,6 +103,24 @@ class DenoConn implements Conn {
   }
 
   read(): Promise<Uint8Array | null> {
+    return this.#next().then((chunk) => {
+      if (chunk !== null) this.#buffers.keep(chunk);
+      return chunk;
+    });
+  }
+
+  readBorrowed(): Promise<Uint8Array | null> {
+    return this.#next().then((chunk) => {
+      if (chunk !== null) this.#buffers.lend(chunk);
+      return chunk;
+    });
+  }
+
+  giveBack(chunk: Uint8Array): void {
+    this.#buffers.giveBack(chunk);
+  }
+
+  #next(): Promise<Uint8Array | null> {
     const chunk = this.#inbound.read();
     this.#readAhead();
     return chunk;
@@ -121,12 +132,7 @@ class DenoConn implements Conn {
     this.#reading = true;
     try {
       while (!this.#done && !this.#inbound.ended && !this.#inbound.paused) {
-        // Each chunk is a view of the buffer it was read into.
-        if (this.#buffer.length - this.#bufferUsed < this.#readSize) {
-          this.#buffer = new Uint8Array(this.#readSize);
-          this.#bufferUsed = 0;
-        }
-        const buffer = this.#buffer.subarray(this.#bufferUsed, this.#bufferUsed + this.#readSize);
+        const buffer = this.#buffers.room(this.#readSize);
         let n: number | null;
         try {
           n = await this.#conn.read(buffer);
@@ -139,14 +145,13 @@ class DenoConn implements Conn {
           if (this.#wroteFin) this.#release("connection closed");
           return;
         }
-        this.#bufferUsed += n;
         if (n === buffer.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
         else if (n < buffer.length >>> 2) this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
         // A small chunk for an idle reader is a request or a reply: read next
         // only when asked, so its answer is written first (one syscall less
         // before it). Bulk data keeps the reads going.
         const interactive = this.#inbound.waiting && n <= SMALL_READ;
-        this.#inbound.push(buffer.subarray(0, n));
+        this.#inbound.push(this.#buffers.filled(n));
         if (interactive) break;
       }
     } finally {

@@ -33,6 +33,15 @@ export interface Conn {
    */
   read(): Promise<Uint8Array | null>;
   /**
+   * Like `read()`, but the chunk is only lent: the caller hands it back with
+   * `giveBack()` once done with it, and the transport may then read into its
+   * memory again. Optional (with `giveBack`); a copy loop uses it to spare the
+   * transport an allocation per read. A chunk never given back is simply kept.
+   */
+  readBorrowed?(): Promise<Uint8Array | null>;
+  /** Returns a chunk from `readBorrowed()`; the caller must not touch it afterwards. */
+  giveBack?(chunk: Uint8Array): void;
+  /**
    * Writes all of `chunk`. Resolves when the transport has taken it and has
    * room for more; a slow peer makes it resolve later. The transport may hold
    * on to `chunk` until then, so the caller must not change it before.

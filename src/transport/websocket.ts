@@ -899,6 +899,13 @@ export async function wsConnect(conn: Conn, options: WsConnectOptions): Promise<
 export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
   if (prefix === null || prefix.length === 0) return conn;
   let first: Uint8Array | null = prefix;
+  const replay = (read: () => Promise<Uint8Array | null>) => () => {
+    const chunk = first;
+    if (chunk === null) return read();
+    first = null;
+    return Promise.resolve(chunk);
+  };
+  const { readBorrowed, giveBack } = conn;
   return {
     get localAddr() {
       return conn.localAddr;
@@ -906,12 +913,14 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
     get remoteAddr() {
       return conn.remoteAddr;
     },
-    read() {
-      const chunk = first;
-      if (chunk === null) return conn.read();
-      first = null;
-      return Promise.resolve(chunk);
-    },
+    read: replay(() => conn.read()),
+    // The prefix is ours to keep, so giving it back does nothing.
+    ...(readBorrowed && giveBack
+      ? {
+        readBorrowed: replay(() => readBorrowed.call(conn)),
+        giveBack: (chunk: Uint8Array) => giveBack.call(conn, chunk),
+      }
+      : {}),
     write: (chunk) => conn.write(chunk),
     closeWrite: () => conn.closeWrite(),
     close: () => conn.close(),

@@ -1,0 +1,171 @@
+/**
+ * Borrowed reads (`Conn.readBorrowed` / `giveBack`): read buffers are reused
+ * only once every chunk of them came back, and a pipe gives a chunk back only
+ * once it was written.
+ */
+
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { pipe } from "../src/pipe.ts";
+import { Session } from "../src/protocol/session.ts";
+import type { Stream } from "../src/protocol/stream.ts";
+import { memoryTransport } from "../src/transport/memory.ts";
+import { MAX_READ, ReadBuffers } from "../src/transport/read_buffers.ts";
+import type { Addr, Conn } from "../src/transport/types.ts";
+import { delay, pseudoRandomBytes, readAll, writeAll } from "./_helpers.ts";
+
+/** Reads `n` bytes into `buffers` as a socket would, each byte `seed + i`. */
+function fakeRead(buffers: ReadBuffers, size: number, n: number, seed: number): Uint8Array {
+  const room = buffers.room(size);
+  for (let i = 0; i < n; i++) room[i] = (seed + i) & 0xff;
+  return buffers.filled(n);
+}
+
+function assertIntact(chunk: Uint8Array, seed: number, what: string): void {
+  for (let i = 0; i < chunk.length; i++) {
+    if (chunk[i] !== ((seed + i) & 0xff)) assert.fail(`${what}: byte ${i} was overwritten`);
+  }
+}
+
+describe("read buffers", () => {
+  test("a chunk given back lets its memory be read into again; one kept or still lent never does", () => {
+    const buffers = new ReadBuffers();
+    const first = fakeRead(buffers, MAX_READ, 100_000, 1);
+    buffers.lend(first);
+    buffers.giveBack(first);
+    const again = buffers.room(MAX_READ);
+    assert.equal(again.buffer, first.buffer, "a buffer whose chunks all came back is read into again");
+    assert.equal(again.byteOffset, 0);
+
+    const held: Array<{ chunk: Uint8Array; seed: number; lent: boolean }> = [];
+    for (let i = 0; i < 200; i++) {
+      const size = i % 7 === 0 ? 4096 : MAX_READ;
+      const chunk = fakeRead(buffers, size, 1 + (i * 7919) % Math.min(size, 20_000), i);
+      if (i % 3 === 0) {
+        buffers.keep(chunk);
+        held.push({ chunk, seed: i, lent: false });
+      } else {
+        buffers.lend(chunk);
+        if (i % 3 === 1) held.push({ chunk, seed: i, lent: true });
+        else buffers.giveBack(chunk);
+      }
+      // Give back the oldest lent chunk now and then, out of order with the reads.
+      const lent = held.findIndex((entry) => entry.lent);
+      if (i % 5 === 0 && lent >= 0) buffers.giveBack(held.splice(lent, 1)[0].chunk);
+      for (const entry of held) assertIntact(entry.chunk, entry.seed, `chunk ${entry.seed}`);
+    }
+  });
+
+  test("a second give-back, or a chunk that was never lent, frees nothing", () => {
+    const buffers = new ReadBuffers();
+    const a = fakeRead(buffers, MAX_READ, 1000, 10);
+    const b = fakeRead(buffers, 4096, 1000, 20);
+    buffers.lend(a);
+    buffers.lend(b);
+    buffers.giveBack(a);
+    buffers.giveBack(a);
+    buffers.giveBack(new Uint8Array(10));
+    buffers.giveBack(b.subarray(0, 10));
+    for (let i = 0; i < 50; i++) fakeRead(buffers, MAX_READ, MAX_READ, 99);
+    assertIntact(b, 20, "chunk still lent");
+  });
+});
+
+/**
+ * Lends copies of the chunks `inner` reads, like a transport reusing its
+ * buffers: a chunk given back is overwritten at once, so anyone who still
+ * uses it afterwards sees 0xee instead of the data.
+ */
+class LendingConn implements Conn {
+  readonly #inner: Conn;
+  readonly #lent = new Set<Uint8Array>();
+  givenBack = 0;
+  readonly localAddr: Addr;
+  readonly remoteAddr: Addr;
+  readonly closed: Promise<void>;
+
+  constructor(inner: Conn) {
+    this.#inner = inner;
+    this.localAddr = inner.localAddr;
+    this.remoteAddr = inner.remoteAddr;
+    this.closed = inner.closed;
+  }
+
+  get outstanding(): number {
+    return this.#lent.size;
+  }
+
+  read(): Promise<Uint8Array | null> {
+    return this.#inner.read();
+  }
+  async readBorrowed(): Promise<Uint8Array | null> {
+    const chunk = await this.#inner.read();
+    if (chunk === null) return null;
+    const lent = chunk.slice();
+    this.#lent.add(lent);
+    return lent;
+  }
+  giveBack(chunk: Uint8Array): void {
+    assert.ok(this.#lent.delete(chunk), "gave back a chunk that was not lent, or gave it back twice");
+    chunk.fill(0xee);
+    this.givenBack++;
+  }
+  write(chunk: Uint8Array): Promise<void> {
+    return this.#inner.write(chunk);
+  }
+  closeWrite(): Promise<void> {
+    return this.#inner.closeWrite();
+  }
+  close(): void {
+    this.#inner.close();
+  }
+  reset(): void {
+    this.#inner.reset();
+  }
+}
+
+describe("pipe", () => {
+  test("gives a borrowed chunk back only once the other side has written it", async () => {
+    const transport = memoryTransport();
+    const connect = async () => {
+      const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+      const accepting = listener.accept();
+      const dialed = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+      const accepted = (await accepting)!;
+      listener.close();
+      return { dialed, accepted };
+    };
+    // client -> (lending) -> pipe -> stream -> session -> peer stream
+    const client = await connect();
+    const link = await connect();
+    const streams: Stream[] = [];
+    const peer = new Session(link.accepted, {
+      side: "acceptor",
+      heartbeatInterval: 0,
+      onStream: (stream) => {
+        stream.accept();
+        streams.push(stream);
+      },
+    });
+    const session = new Session(link.dialed, { side: "dialer", heartbeatInterval: 0 });
+    try {
+      await Promise.all([session.ready, peer.ready]);
+      const lending = new LendingConn(client.accepted);
+      const piped = pipe(lending, session.openStream());
+      const data = pseudoRandomBytes(3_000_000, 7);
+      // Large writes: the stream's writer holds payloads this long until they are sent.
+      const sending = writeAll(client.dialed, data, 200_000).then(() => client.dialed.closeWrite());
+      while (streams.length === 0) await delay(5);
+      const [got] = await Promise.all([readAll(streams[0]), sending]);
+      assert.equal(got.length, data.length);
+      assert.ok(got.every((byte, at) => byte === data[at]), "bytes differ: a chunk was given back before it was sent");
+      await streams[0].closeWrite();
+      const result = await piped;
+      assert.equal(result.error, null);
+      assert.equal(lending.outstanding, 0, "chunks the pipe never gave back");
+    } finally {
+      session.close("test over");
+      peer.close("test over");
+    }
+  });
+});
