@@ -33,7 +33,7 @@ export {
 } from "./src/library.ts";
 export type { Matcher, MatcherOptions, MatcherStats, RelayInfo, ServiceInfo } from "./src/matcher.ts";
 export { backoffDelay, type Relay, type RelayEventMap, type RelayOptions, type RelayStats } from "./src/relay.ts";
-export { Stream } from "./src/protocol/stream.ts";
+export { Loan, Stream } from "./src/protocol/stream.ts";
 export type { SessionTunables } from "./src/protocol/session.ts";
 export type { Balance, Channel, NamedToken, ProxyVersion, ServiceEntry } from "./src/config.ts";
 export {

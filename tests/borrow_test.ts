@@ -1,7 +1,7 @@
 /**
  * Borrowed reads (`Conn.readBorrowed` / `giveBack`): read buffers are reused
- * only once every chunk of them came back, and a pipe gives a chunk back only
- * once it was written.
+ * only once every chunk of them came back, and a session that borrows its
+ * connection's chunks gives each back only after every stream is done with it.
  */
 
 import assert from "node:assert/strict";
@@ -12,7 +12,7 @@ import type { Stream } from "../src/protocol/stream.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
 import { MAX_READ, ReadBuffers } from "../src/transport/read_buffers.ts";
 import type { Addr, Conn } from "../src/transport/types.ts";
-import { delay, pseudoRandomBytes, readAll, writeAll } from "./_helpers.ts";
+import { concat, delay, pseudoRandomBytes, readAll, writeAll } from "./_helpers.ts";
 
 /** Reads `n` bytes into `buffers` as a socket would, each byte `seed + i`. */
 function fakeRead(buffers: ReadBuffers, size: number, n: number, seed: number): Uint8Array {
@@ -123,6 +123,67 @@ class LendingConn implements Conn {
     this.#inner.reset();
   }
 }
+
+/** How the receiving side of each test stream reads. */
+type Reader = "borrows" | "keeps" | "stalls, then borrows";
+
+async function consume(stream: Stream, how: Reader): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  if (how === "stalls, then borrows") await delay(300);
+  if (how === "keeps") {
+    // Held until the end: a kept chunk that shared lent memory would be overwritten by then.
+    for (let chunk = await stream.read(); chunk !== null; chunk = await stream.read()) chunks.push(chunk);
+    return concat(chunks);
+  }
+  for (let chunk = await stream.readBorrowed(); chunk !== null; chunk = await stream.readBorrowed()) {
+    chunks.push(chunk.slice());
+    stream.giveBack(chunk);
+  }
+  return concat(chunks);
+}
+
+describe("a session borrowing its connection's chunks", () => {
+  test("gives every chunk back, and only after every stream is done with its bytes", async () => {
+    const transport = memoryTransport();
+    const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepting = listener.accept();
+    const dialerConn = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    const lending = new LendingConn((await accepting)!);
+    listener.close();
+
+    const readers: Reader[] = ["borrows", "keeps", "stalls, then borrows", "borrows", "keeps", "borrows"];
+    const received: Array<Promise<Uint8Array>> = [];
+    const acceptor = new Session(lending, {
+      side: "acceptor",
+      heartbeatInterval: 0,
+      onStream: (stream) => {
+        stream.accept();
+        received.push(consume(stream, readers[received.length]));
+      },
+    });
+    const dialer = new Session(dialerConn, { side: "dialer", heartbeatInterval: 0 });
+    try {
+      await Promise.all([dialer.ready, acceptor.ready]);
+      const sent = readers.map((_, i) => pseudoRandomBytes(1_500_000 + i * 77_777, i + 1));
+      await Promise.all(sent.map(async (data, i) => {
+        const stream = dialer.openStream();
+        // Small and large writes: payloads copied out of a chunk, and payloads lent on.
+        await writeAll(stream, data, i % 2 === 0 ? 3_000 : 300_000);
+        await stream.closeWrite();
+      }));
+      const got = await Promise.all(received);
+      for (const [i, data] of sent.entries()) {
+        assert.equal(got[i].length, data.length, `stream ${i} (${readers[i]}): length`);
+        assert.ok(got[i].every((byte, at) => byte === data[at]), `stream ${i} (${readers[i]}): bytes differ`);
+      }
+      assert.ok(lending.givenBack > 0, "the session never gave a chunk back");
+      assert.equal(lending.outstanding, 0, "chunks the session never gave back");
+    } finally {
+      dialer.close("test over");
+      acceptor.close("test over");
+    }
+  });
+});
 
 describe("pipe", () => {
   test("gives a borrowed chunk back only once the other side has written it", async () => {

@@ -20,7 +20,7 @@ import {
   MAX_STREAM_ID,
   MAX_WINDOW,
 } from "./frame.ts";
-import { Stream, type StreamHost } from "./stream.ts";
+import { Loan, Stream, type StreamHost } from "./stream.ts";
 import { INITIAL_WINDOW, sharedWindowBudget, type WindowBudget } from "./window.ts";
 import { FrameWriter } from "./writer.ts";
 
@@ -182,6 +182,8 @@ export class Session implements StreamHost {
   readonly windowBudget: WindowBudget;
   readonly #streams = new Map<number, Stream>();
   readonly #decoder: FrameDecoder;
+  /** The borrowed chunk being decoded, if the connection lends its chunks. */
+  #loan: Loan | null = null;
   #state: "handshake" | "open" | "closed" = "handshake";
   /** Where the AUTH step stands: not needed, or waiting for the peer's AUTH frame. */
   #authWait: "none" | "answer" | "consent" = "none";
@@ -369,15 +371,33 @@ export class Session implements StreamHost {
 
   async #readLoop(): Promise<void> {
     try {
+      const conn = this.#conn;
+      // Borrowed chunks go back to the connection once every payload decoded
+      // from them was given back by its stream's reader (see Loan).
+      const borrow = conn.readBorrowed !== undefined && conn.giveBack !== undefined;
       for (;;) {
-        const chunk = await this.#conn.read();
+        const chunk = await (borrow ? conn.readBorrowed!() : conn.read());
         if (chunk === null) break;
         // After the end, keep reading (and ignoring) until the peer's FIN, so
         // closing never resets a peer that still has our last frames unread.
-        if (this.#state === "closed") continue;
+        if (this.#state === "closed") {
+          if (borrow) conn.giveBack!(chunk);
+          continue;
+        }
         this.#lastReceived = Date.now();
         this.#awaitingPeer = false;
-        this.#decoder.push(chunk);
+        if (!borrow) {
+          this.#decoder.push(chunk);
+          continue;
+        }
+        const loan = new Loan(conn, chunk);
+        this.#loan = loan;
+        try {
+          this.#decoder.push(chunk);
+        } finally {
+          this.#loan = null;
+          loan.release();
+        }
       }
       this.#end("peer closed the connection", null);
     } catch (error) {
@@ -427,7 +447,7 @@ export class Session implements StreamHost {
       case FrameType.CONNECT:
         return stream.receiveAccept(parseMeta(streamId, payload));
       case FrameType.TRAFFIC:
-        return stream.receiveData(payload);
+        return stream.receiveData(payload, this.#loan?.covers(payload) ? this.#loan : null);
       case FrameType.WINDOW:
         if (payload.length !== 4) {
           throw new ProtocolError("bad-frame", `peer sent a WINDOW frame of ${payload.length} bytes; it must be 4`);
@@ -447,7 +467,8 @@ export class Session implements StreamHost {
       case FrameType.AUTH:
         return this.#receiveAuth(payload);
       case FrameType.PING:
-        this.writer.frame(FrameType.PONG, 0, payload);
+        // Copied: the writer may hold a long payload, and it may be borrowed memory.
+        this.writer.frame(FrameType.PONG, 0, payload.slice());
         return;
       case FrameType.PONG:
         if (payload.length === 8) {

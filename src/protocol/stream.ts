@@ -31,6 +31,45 @@ export interface StreamHost {
 
 const encoder = new TextEncoder();
 
+/**
+ * A chunk the session's connection lent it (see `Conn.readBorrowed`), held by
+ * the payloads decoded from it: given back once the last of them is.
+ */
+export class Loan {
+  /** The connection that lent {@linkcode Loan.chunk}. */
+  readonly conn: Conn;
+  /** The bytes lent. */
+  readonly chunk: Uint8Array;
+  /** Holders: the session while it decodes the chunk, and each payload lent on. */
+  #holders = 1;
+
+  /**
+   * Made by the session for each chunk it borrows, held by the session itself.
+   *
+   * @param conn the connection that lent `chunk`
+   * @param chunk the bytes lent
+   */
+  constructor(conn: Conn, chunk: Uint8Array) {
+    this.conn = conn;
+    this.chunk = chunk;
+  }
+
+  /** Whether `payload` is part of the lent chunk (a payload put together from several chunks is not). */
+  covers(payload: Uint8Array): boolean {
+    return payload.buffer === this.chunk.buffer;
+  }
+
+  /** One more holder. */
+  hold(): void {
+    this.#holders++;
+  }
+
+  /** A holder is done; the last one gives the chunk back. */
+  release(): void {
+    if (--this.#holders === 0) this.conn.giveBack?.(this.chunk);
+  }
+}
+
 interface Waiter<T> {
   resolve(value: T): void;
   reject(error: Error): void;
@@ -63,6 +102,10 @@ export class Stream implements Conn {
   #unacknowledged = 0;
   #remoteFin = false;
   #reader: Waiter<Uint8Array | null> | null = null;
+  /** Whether the waiting reader borrows (see {@linkcode Stream.readBorrowed}). */
+  #readerBorrows = false;
+  /** Received payloads still part of a chunk the session borrowed, queued or lent on. */
+  #loans: Map<Uint8Array, Loan> | null = null;
 
   // Sending.
   #sendCredit: number;
@@ -186,17 +229,50 @@ export class Stream implements Conn {
 
   /** Next chunk from the peer, or `null` after its FIN. */
   read(): Promise<Uint8Array | null> {
+    return this.#read(false);
+  }
+
+  /**
+   * Like {@linkcode Stream.read}, but the chunk may be lent: hand it back with
+   * {@linkcode Stream.giveBack} once done, so the session's connection can read
+   * into its memory again.
+   */
+  readBorrowed(): Promise<Uint8Array | null> {
+    return this.#read(true);
+  }
+
+  /** Returns a chunk from {@linkcode Stream.readBorrowed}; it must not be touched afterwards. */
+  giveBack(chunk: Uint8Array): void {
+    this.#loans?.get(chunk)?.release();
+    this.#loans?.delete(chunk);
+  }
+
+  #read(borrow: boolean): Promise<Uint8Array | null> {
     if (this.#reader !== null) {
       return Promise.reject(new Error(`stream ${this.id}: read() while another read is pending`));
     }
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
       this.#consumed(chunk.length);
-      return Promise.resolve(chunk);
+      return Promise.resolve(borrow ? chunk : this.#keep(chunk));
     }
     if (this.#error) return Promise.reject(this.#error);
     if (this.#remoteFin) return Promise.resolve(null);
+    this.#readerBorrows = borrow;
     return new Promise((resolve, reject) => this.#reader = { resolve, reject });
+  }
+
+  /** `chunk`, made the reader's to keep: a copy if it is lent memory. */
+  #keep(chunk: Uint8Array): Uint8Array {
+    if (this.#loans?.has(chunk) !== true) return chunk;
+    const copy = chunk.slice();
+    this.giveBack(chunk);
+    return copy;
+  }
+
+  #borrow(payload: Uint8Array, loan: Loan): void {
+    loan.hold();
+    (this.#loans ??= new Map()).set(payload, loan);
   }
 
   /**
@@ -251,14 +327,19 @@ export class Stream implements Conn {
   reset(reason = "reset"): void {
     if (this.#released) return;
     this.#host.writer.frame(FrameType.DISCONNECT, this.id, encoder.encode(reason));
+    for (const chunk of this.#chunks) this.giveBack(chunk);
     this.#chunks = [];
     this.#release(new StreamResetError(`stream ${this.id} reset locally: ${reason}`));
   }
 
   // ---- Called by the session ----
 
-  /** Bytes arrived for this stream. */
-  receiveData(payload: Uint8Array): void {
+  /**
+   * Bytes arrived for this stream.
+   *
+   * @param loan set if `payload` is part of a chunk the session borrowed
+   */
+  receiveData(payload: Uint8Array, loan: Loan | null = null): void {
     if (this.#remoteFin) {
       throw new ProtocolError("bad-frame", `peer sent TRAFFIC on stream ${this.id} after its FIN`);
     }
@@ -275,11 +356,17 @@ export class Stream implements Conn {
     if (reader !== null) {
       this.#reader = null;
       this.#consumed(payload.length);
+      if (loan === null) return reader.resolve(payload);
+      if (!this.#readerBorrows) return reader.resolve(payload.slice());
+      this.#borrow(payload, loan);
       reader.resolve(payload);
-    } else {
-      // A payload is a view into the session's read buffer (up to 512 KiB, shared
+    } else if (payload.byteLength * 2 < payload.buffer.byteLength) {
+      // A payload is a view into the session's read buffer (up to 1 MiB, shared
       // with other streams' bytes): a reader that stalls must not pin it whole.
-      this.#chunks.push(payload.byteLength * 2 < payload.buffer.byteLength ? payload.slice() : payload);
+      this.#chunks.push(payload.slice());
+    } else {
+      if (loan !== null) this.#borrow(payload, loan);
+      this.#chunks.push(payload);
     }
   }
 
