@@ -31,7 +31,7 @@ export {
   startRelay,
   type WithOptionalTransport,
 } from "./src/library.ts";
-export type { Matcher, MatcherOptions, MatcherStats, RelayInfo, ServiceInfo } from "./src/matcher.ts";
+export type { Matcher, MatcherOptions, MatcherStats, MemoryBudgets, RelayInfo, ServiceInfo } from "./src/matcher.ts";
 export { backoffDelay, type Relay, type RelayEventMap, type RelayOptions, type RelayStats } from "./src/relay.ts";
 export { Loan, Stream } from "./src/protocol/stream.ts";
 export type { SessionTunables } from "./src/protocol/session.ts";

@@ -140,6 +140,20 @@ export interface MatcherStats {
   uptimeMs: number;
   /** Whether it is shutting down. */
   draining: boolean;
+  /** The process's two memory budgets: full ones mean slow or stalled clients are holding memory. */
+  memory: MemoryBudgets;
+}
+
+/** How full the process's memory budgets are, in bytes. */
+export interface MemoryBudgets {
+  /** Bytes read from sockets that their readers have not taken yet. */
+  readQueued: number;
+  /** Past this, sockets read only when their reader asks. */
+  readBudget: number;
+  /** Receive window granted beyond streams' initial windows. */
+  windowGrowth: number;
+  /** The most the windows may grow by together. */
+  windowBudget: number;
 }
 
 /** A running matcher. */
@@ -394,6 +408,12 @@ class MatcherServer implements Matcher {
       clientsTotal: this.#clientsTotal,
       uptimeMs: now - this.#started,
       draining: this.#closing,
+      memory: {
+        readQueued: sharedReadBudget.queued,
+        readBudget: sharedReadBudget.size,
+        windowGrowth: sharedWindowBudget.size - sharedWindowBudget.available,
+        windowBudget: sharedWindowBudget.size,
+      },
     };
   }
 

@@ -367,6 +367,8 @@ describe("admin endpoints", () => {
     assert.ok(parsed.relays[0].bytesSent >= 4 && parsed.relays[0].bytesReceived >= 4);
     assert.equal(parsed.clientsWaiting, 0);
     assert.ok(parsed.uptimeMs > 0);
+    assert.ok(parsed.memory.readQueued >= 0 && parsed.memory.readBudget === 64 * 1024 * 1024, "read budget");
+    assert.ok(parsed.memory.windowGrowth >= 0 && parsed.memory.windowBudget === 64 * 1024 * 1024, "window budget");
 
     const metrics = await get(admin, "/metrics");
     assert.equal(metrics.status, 200);
