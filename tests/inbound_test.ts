@@ -7,7 +7,9 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { Inbound, ReadBudget, sharedReadBudget } from "../src/transport/inbound.ts";
+import { memoryTransport } from "../src/transport/memory.ts";
 import type { Conn } from "../src/transport/types.ts";
+import { testCerts } from "./_certs.ts";
 import { delay, pseudoRandomBytes, readAll, settlesWithin, tcp, waitFor, writeAll } from "./_helpers.ts";
 
 /** A stand-in socket: records whether it was asked to pause. */
@@ -124,4 +126,44 @@ describe("inbound queue and its read budget", () => {
       assert.ok(sharedReadBudget.queued <= start, "closed connections gave their queued bytes back");
     },
   );
+});
+
+describe("node:tls connections (the Deno build's TLS)", () => {
+  test("queue their decrypted bytes under the shared read budget, and give them back as they are read", async () => {
+    const nodeTls = await import("node:tls");
+    const { acceptNodeTls, serverContext, startNodeTls } = await import("../src/transport/node_tls.ts");
+    const certs = testCerts();
+    const transport = memoryTransport();
+    const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepting = listener.accept();
+    const rawClient = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    const context = serverContext(nodeTls as never, { cert: certs.serverCert, key: certs.serverKey });
+    const [server, client] = await Promise.all([
+      accepting.then((raw) => acceptNodeTls(nodeTls as never, raw!, context)),
+      startNodeTls(nodeTls as never, rawClient, {
+        hostname: "localhost",
+        port: listener.addr.port,
+        tls: { ca: certs.caCert },
+      }),
+    ]);
+    listener.close();
+    try {
+      const before = sharedReadBudget.queued;
+      const data = pseudoRandomBytes(1024 * 1024, 3);
+      const sending = writeAll(client, data).then(() => client.closeWrite());
+      // Nobody reads yet: the server's queue fills to its high-water mark, counted in the budget.
+      await waitFor(
+        () => sharedReadBudget.queued - before >= 128 * 1024,
+        5000,
+        "decrypted bytes counted in the budget",
+      );
+      const got = await readAll(server);
+      await sending;
+      assert.ok(got.every((byte, i) => byte === data[i]) && got.length === data.length, "bytes differ");
+      assert.equal(sharedReadBudget.queued, before, "read bytes were given back to the budget");
+    } finally {
+      client.close();
+      server.close();
+    }
+  });
 });

@@ -33,7 +33,7 @@
 import { createPublicKey, X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import { type Addr, type Conn, ConnectionClosedError, type ConnectOptions, type TlsConnectOptions } from "./types.ts";
-import { Inbound } from "./inbound.ts";
+import { Inbound, sharedReadBudget } from "./inbound.ts";
 import {
   checkFingerprint,
   DEFAULT_HANDSHAKE_TIMEOUT,
@@ -128,8 +128,13 @@ class NodeTlsConn implements Conn {
   readonly #inner: Conn;
   #socket!: NodeTlsSocketLike;
   // The TLS socket is never paused (Deno's would lose the peer's end); the
-  // ciphertext feeder waits for room instead.
-  readonly #inbound = new Inbound(READ_HIGH_WATER, { pause: () => {}, resume: () => this.#wake() });
+  // ciphertext feeder waits while the queue is paused instead. Decrypted bytes
+  // count into the process's read budget like any socket's.
+  readonly #inbound = new Inbound(
+    READ_HIGH_WATER,
+    { pause: () => {}, resume: () => this.#wake() },
+    sharedReadBudget,
+  );
   #room: (() => void) | null = null;
   #writers = new Set<Waiter<void>>();
   #finSent = false;
@@ -147,7 +152,7 @@ class NodeTlsConn implements Conn {
   /** The Duplex to hand to `tls.connect`. */
   stream(): Duplex {
     return ciphertextStream(this.#inner, () => {
-      if (!this.#inbound.full || this.#done) return Promise.resolve();
+      if (!this.#inbound.paused || this.#done) return Promise.resolve();
       return new Promise((resolve) => this.#room = resolve);
     });
   }
