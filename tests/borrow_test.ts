@@ -56,6 +56,22 @@ describe("read buffers", () => {
     }
   });
 
+  test("a kept chunk's buffer is never read into again, also once reads moved on to another one", () => {
+    const buffers = new ReadBuffers();
+    const kept = fakeRead(buffers, MAX_READ, 1000, 5);
+    const lent = fakeRead(buffers, MAX_READ / 2, 1000, 6);
+    buffers.lend(lent);
+    fakeRead(buffers, MAX_READ, 10, 7); // no room left: the next buffer
+    buffers.keep(kept);
+    buffers.giveBack(lent);
+    for (let i = 0; i < 40; i++) {
+      const chunk = fakeRead(buffers, MAX_READ, MAX_READ, 99);
+      buffers.lend(chunk);
+      buffers.giveBack(chunk);
+    }
+    assertIntact(kept, 5, "kept chunk");
+  });
+
   test("a second give-back, or a chunk that was never lent, frees nothing", () => {
     const buffers = new ReadBuffers();
     const a = fakeRead(buffers, MAX_READ, 1000, 10);

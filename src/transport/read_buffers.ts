@@ -34,15 +34,24 @@ interface Slab {
   kept: boolean;
 }
 
+/**
+ * An earlier buffer with chunks still out. Held weakly: a chunk that is never
+ * given back (its reader failed) must not keep its megabyte alive here.
+ */
+interface Older {
+  readonly memory: WeakRef<ArrayBufferLike>;
+  out: number;
+  kept: boolean;
+}
+
 const EMPTY: Slab = { bytes: new Uint8Array(0), used: 0, out: 0, kept: true };
 
 /** The read buffers of one connection. */
 export class ReadBuffers {
   #current: Slab = EMPTY;
-  /** Earlier buffers with chunks still out. */
-  #older: Slab[] | null = null;
+  #older: Older[] | null = null;
   /** Chunks lent and not given back yet. */
-  #lent: Set<Uint8Array> | null = null;
+  #lent: WeakSet<Uint8Array> | null = null;
 
   /** Free full-size buffers in the process. */
   static get free(): number {
@@ -54,8 +63,8 @@ export class ReadBuffers {
     let slab = this.#current;
     if (slab.out === 0 && !slab.kept && slab.bytes.length >= size) slab.used = 0;
     if (slab.bytes.length - slab.used < size) {
-      if (slab.out > 0) (this.#older ??= []).push(slab);
-      else this.#retire(slab);
+      if (slab.out > 0) this.#moveOn(slab);
+      else this.#retire(slab.bytes.buffer, slab.kept);
       const length = size >= BULK_READ ? MAX_READ : size;
       const bytes = (length === MAX_READ ? freeBuffers.pop() : undefined) ?? new Uint8Array(length);
       slab = this.#current = { bytes, used: 0, out: 0, kept: false };
@@ -74,40 +83,50 @@ export class ReadBuffers {
 
   /** `chunk` is its reader's for good: its buffer is never read into again. */
   keep(chunk: Uint8Array): void {
-    const slab = this.#find(chunk);
-    if (slab === undefined) return;
-    slab.kept = true;
-    this.#settle(slab);
+    this.#settle(chunk, true);
   }
 
   /** `chunk` is lent: its memory stays untouched until {@linkcode giveBack}. */
   lend(chunk: Uint8Array): void {
-    (this.#lent ??= new Set()).add(chunk);
+    (this.#lent ??= new WeakSet()).add(chunk);
   }
 
   /** A lent chunk came back (anything else is ignored, so is a second give-back). */
   giveBack(chunk: Uint8Array): void {
-    if (this.#lent?.delete(chunk) !== true) return;
-    const slab = this.#find(chunk);
-    if (slab !== undefined) this.#settle(slab);
+    if (this.#lent?.delete(chunk) === true) this.#settle(chunk, false);
   }
 
-  #find(chunk: Uint8Array): Slab | undefined {
-    if (chunk.buffer === this.#current.bytes.buffer) return this.#current;
-    return this.#older?.find((slab) => slab.bytes.buffer === chunk.buffer);
+  /** One chunk is no longer out: its buffer is free once none is. */
+  #settle(chunk: Uint8Array, kept: boolean): void {
+    const current = this.#current;
+    if (chunk.buffer === current.bytes.buffer) {
+      current.out--;
+      current.kept ||= kept;
+      return;
+    }
+    const older = this.#older;
+    const at = older?.findIndex((entry) => entry.memory.deref() === chunk.buffer) ?? -1;
+    if (at < 0) return;
+    const entry = older![at];
+    entry.kept ||= kept;
+    if (--entry.out > 0) return;
+    older!.splice(at, 1);
+    const memory = entry.memory.deref();
+    if (memory !== undefined) this.#retire(memory, entry.kept);
   }
 
-  /** One chunk of `slab` is no longer out. */
-  #settle(slab: Slab): void {
-    if (--slab.out > 0 || slab === this.#current) return;
-    this.#older!.splice(this.#older!.indexOf(slab), 1);
-    this.#retire(slab);
+  /** Reads move on to another buffer while chunks of `slab` are still out. */
+  #moveOn(slab: Slab): void {
+    const older = this.#older ??= [];
+    // Forget buffers the collector took: their chunks will never come back.
+    if (older.length >= 8) this.#older = older.filter((entry) => entry.memory.deref() !== undefined);
+    this.#older.push({ memory: new WeakRef(slab.bytes.buffer), out: slab.out, kept: slab.kept });
   }
 
-  /** `slab` is no longer read into and none of its chunks is out. */
-  #retire(slab: Slab): void {
-    if (!slab.kept && slab.bytes.length === MAX_READ && freeBuffers.length < MAX_FREE_BUFFERS) {
-      freeBuffers.push(slab.bytes);
+  /** A buffer is no longer read into and none of its chunks is out. */
+  #retire(memory: ArrayBufferLike, kept: boolean): void {
+    if (!kept && memory.byteLength === MAX_READ && freeBuffers.length < MAX_FREE_BUFFERS) {
+      freeBuffers.push(new Uint8Array(memory));
     }
   }
 }
