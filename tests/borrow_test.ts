@@ -11,6 +11,7 @@ import { Session } from "../src/protocol/session.ts";
 import type { Stream } from "../src/protocol/stream.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
 import { MAX_READ, ReadBuffers } from "../src/transport/read_buffers.ts";
+import { prefixConn } from "../src/transport/websocket.ts";
 import type { Addr, Conn } from "../src/transport/types.ts";
 import { concat, delay, pseudoRandomBytes, readAll, writeAll } from "./_helpers.ts";
 
@@ -244,5 +245,30 @@ describe("pipe", () => {
       session.close("test over");
       peer.close("test over");
     }
+  });
+});
+
+describe("a connection that replays its first bytes (prefixConn)", () => {
+  test("lends what its inner connection lends, and gives back only that", async () => {
+    const transport = memoryTransport();
+    const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepting = listener.accept();
+    const dialed = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    const lending = new LendingConn((await accepting)!);
+    listener.close();
+    const conn = prefixConn(lending, new Uint8Array([1, 2, 3]));
+    await dialed.write(new Uint8Array([4, 5]));
+    await dialed.closeWrite();
+    assert.ok(conn.readBorrowed && conn.giveBack, "borrowing passed through");
+    const first = (await conn.readBorrowed())!;
+    assert.deepEqual([...first], [1, 2, 3]);
+    conn.giveBack(first); // LendingConn fails on a chunk it did not lend
+    const second = (await conn.readBorrowed())!;
+    assert.deepEqual([...second], [4, 5]);
+    conn.giveBack(second);
+    assert.equal(lending.givenBack, 1);
+    assert.equal(await conn.readBorrowed(), null);
+    conn.close();
+    dialed.close();
   });
 });

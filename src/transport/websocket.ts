@@ -914,11 +914,11 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
       return conn.remoteAddr;
     },
     read: replay(() => conn.read()),
-    // The prefix is ours to keep, so giving it back does nothing.
+    // The prefix was never lent, so it is not given back.
     ...(readBorrowed && giveBack
       ? {
         readBorrowed: replay(() => readBorrowed.call(conn)),
-        giveBack: (chunk: Uint8Array) => giveBack.call(conn, chunk),
+        giveBack: (chunk: Uint8Array) => chunk !== prefix && giveBack.call(conn, chunk),
       }
       : {}),
     write: (chunk) => conn.write(chunk),
