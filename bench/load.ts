@@ -25,6 +25,20 @@ const MODE_UPLOAD = 0x55; // "U"
 const MODE_DOWNLOAD = 0x44; // "D"
 
 const payload = new Uint8Array(CHUNK).fill(0x61);
+/**
+ * Varying bytes for echoes that are checked: an echo carrying another
+ * connection's bytes, or stale memory, shows up as a mismatch.
+ */
+const pattern = Uint8Array.from({ length: CHUNK + 256 }, (_, i) => (i * 7 + (i >> 8)) & 0xff);
+/** Checked echoes whose bytes came back different, long streams included. */
+let echoMismatches = 0;
+
+/** `size` bytes of {@linkcode pattern} from a random offset, not starting with a mode byte. */
+function patternSlice(size: number): Uint8Array {
+  let at = Math.floor(Math.random() * 256);
+  while (pattern[at] === MODE_UPLOAD || pattern[at] === MODE_DOWNLOAD) at++;
+  return pattern.subarray(at, at + size);
+}
 
 /** Seconds since an arbitrary start, monotonic. */
 function now(): number {
@@ -357,17 +371,23 @@ export interface SetupResult {
 interface EchoConn {
   got: number;
   want: number;
+  /** The bytes sent, when the echo is checked. */
+  sent: Uint8Array | null;
   resolve: () => void;
   reject: (error: Error) => void;
 }
 
-/** Connects, sends `size` bytes in echo mode and resolves with the socket once they are back. */
-function echoOnce(port: number, size: number, timeoutSeconds: number): Promise<BunSocket<EchoConn>> {
+/**
+ * Connects, sends `size` bytes in echo mode and resolves with the socket once
+ * they are back; with `check`, varying bytes, compared as they come back.
+ */
+function echoOnce(port: number, size: number, timeoutSeconds: number, check = false): Promise<BunSocket<EchoConn>> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no echo within ${timeoutSeconds} s`)), timeoutSeconds * 1000);
     const state: EchoConn = {
       got: 0,
       want: size,
+      sent: check ? patternSlice(size) : null,
       resolve: () => {},
       reject: (error) => {
         clearTimeout(timer);
@@ -386,9 +406,16 @@ function echoOnce(port: number, size: number, timeoutSeconds: number): Promise<B
             clearTimeout(timer);
             resolve(socket);
           };
-          socket.write(size === 1 ? ECHO_BYTE : payload.subarray(0, size));
+          socket.write(state.sent ?? (size === 1 ? ECHO_BYTE : payload.subarray(0, size)));
         },
         data(socket, data) {
+          const sent = socket.data.sent;
+          if (sent !== null && !data.every((byte, i) => byte === sent[socket.data.got + i])) {
+            echoMismatches++;
+            socket.data.reject(new Error("the echo differs from the bytes sent"));
+            socket.terminate();
+            return;
+          }
           socket.data.got += data.length;
           if (socket.data.got === socket.data.want) socket.data.resolve();
         },
@@ -451,6 +478,8 @@ export interface ChurnResult {
   errors: number;
   /** Error messages of the failed short connections, with counts. */
   errorKinds: Record<string, number>;
+  /** Echoes, short or long, whose bytes came back different from those sent. */
+  mismatches: number;
   longStreamBytes: number;
   seconds: number;
 }
@@ -461,21 +490,21 @@ async function churn(port: number, seconds: number, long: number, concurrency: n
   let errors = 0;
   let longStreamBytes = 0;
   const errorKinds: Record<string, number> = {};
-  // Long streams: 16 KiB ping-pong for the whole run.
-  const longs = await Promise.all(Array.from({ length: long }, () => echoOnce(port, 16 * 1024, 30)));
+  // Long streams: 16 KiB ping-pong for the whole run, every echo checked.
+  const longs = await Promise.all(Array.from({ length: long }, () => echoOnce(port, 16 * 1024, 30, true)));
   for (const socket of longs) {
     socket.data.got = 0;
     socket.data.resolve = () => {
       longStreamBytes += socket.data.want;
       socket.data.got = 0;
-      if (now() < deadline) socket.write(payload.subarray(0, socket.data.want));
+      if (now() < deadline) socket.write(socket.data.sent!);
     };
-    socket.write(payload.subarray(0, socket.data.want));
+    socket.write(socket.data.sent!);
   }
   const worker = async () => {
     while (now() < deadline) {
       try {
-        const socket = await echoOnce(port, 1024, 10);
+        const socket = await echoOnce(port, 1024, 10, true);
         socket.end();
         shortConnections++;
       } catch (error) {
@@ -488,7 +517,7 @@ async function churn(port: number, seconds: number, long: number, concurrency: n
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   for (const socket of longs) socket.end();
-  return { shortConnections, errors, errorKinds, longStreamBytes, seconds };
+  return { shortConnections, errors, errorKinds, mismatches: echoMismatches, longStreamBytes, seconds };
 }
 
 // ---- main ----
