@@ -1,7 +1,8 @@
 /**
  * Borrowed reads (`Conn.readBorrowed` / `giveBack`): read buffers are reused
- * only once every chunk of them came back, and a session that borrows its
- * connection's chunks gives each back only after every stream is done with it.
+ * only once every chunk of them came back; a session that borrows its
+ * connection's chunks gives each back only after every stream is done with it;
+ * `pipe` only once the chunk was written; `prefixConn` never its prefix.
  */
 
 import assert from "node:assert/strict";

@@ -53,11 +53,6 @@ export class ReadBuffers {
   /** Chunks lent and not given back yet. */
   #lent: WeakSet<Uint8Array> | null = null;
 
-  /** Free full-size buffers in the process. */
-  static get free(): number {
-    return freeBuffers.length;
-  }
-
   /** Memory for the next read of up to `size` bytes: the rest of the current buffer, a free one, or a new one. */
   room(size: number): Uint8Array {
     let slab = this.#current;
