@@ -142,6 +142,17 @@ class LendingConn implements Conn {
   }
 }
 
+/** A connected pair over the memory transport. */
+async function connPair(): Promise<{ dialed: Conn; accepted: Conn }> {
+  const transport = memoryTransport();
+  const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepting = listener.accept();
+  const dialed = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const accepted = (await accepting)!;
+  listener.close();
+  return { dialed, accepted };
+}
+
 /** How the receiving side of each test stream reads. */
 type Reader = "borrows" | "keeps" | "stalls, then borrows";
 
@@ -162,13 +173,8 @@ async function consume(stream: Stream, how: Reader): Promise<Uint8Array> {
 
 describe("a session borrowing its connection's chunks", () => {
   test("gives every chunk back, and only after every stream is done with its bytes", async () => {
-    const transport = memoryTransport();
-    const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
-    const accepting = listener.accept();
-    const dialerConn = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-    const lending = new LendingConn((await accepting)!);
-    listener.close();
-
+    const { dialed: dialerConn, accepted } = await connPair();
+    const lending = new LendingConn(accepted);
     const readers: Reader[] = ["borrows", "keeps", "stalls, then borrows", "borrows", "keeps", "borrows"];
     const received: Array<Promise<Uint8Array>> = [];
     const acceptor = new Session(lending, {
@@ -205,18 +211,9 @@ describe("a session borrowing its connection's chunks", () => {
 
 describe("pipe", () => {
   test("gives a borrowed chunk back only once the other side has written it", async () => {
-    const transport = memoryTransport();
-    const connect = async () => {
-      const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
-      const accepting = listener.accept();
-      const dialed = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-      const accepted = (await accepting)!;
-      listener.close();
-      return { dialed, accepted };
-    };
     // client -> (lending) -> pipe -> stream -> session -> peer stream
-    const client = await connect();
-    const link = await connect();
+    const client = await connPair();
+    const link = await connPair();
     const streams: Stream[] = [];
     const peer = new Session(link.accepted, {
       side: "acceptor",
@@ -251,12 +248,8 @@ describe("pipe", () => {
 
 describe("a connection that replays its first bytes (prefixConn)", () => {
   test("lends what its inner connection lends, and gives back only that", async () => {
-    const transport = memoryTransport();
-    const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
-    const accepting = listener.accept();
-    const dialed = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-    const lending = new LendingConn((await accepting)!);
-    listener.close();
+    const { dialed, accepted } = await connPair();
+    const lending = new LendingConn(accepted);
     const conn = prefixConn(lending, new Uint8Array([1, 2, 3]));
     await dialed.write(new Uint8Array([4, 5]));
     await dialed.closeWrite();

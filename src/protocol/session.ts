@@ -386,17 +386,13 @@ export class Session implements StreamHost {
         }
         this.#lastReceived = Date.now();
         this.#awaitingPeer = false;
-        if (!borrow) {
-          this.#decoder.push(chunk);
-          continue;
-        }
-        const loan = new Loan(conn, chunk);
+        const loan = borrow ? new Loan(conn, chunk) : null;
         this.#loan = loan;
         try {
           this.#decoder.push(chunk);
         } finally {
           this.#loan = null;
-          loan.release();
+          loan?.release();
         }
       }
       this.#end("peer closed the connection", null);
