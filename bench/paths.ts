@@ -213,32 +213,40 @@ export const socatPath: BenchPath = {
 };
 
 /**
- * Two minimal Bun forwarders in a row (`forwarder.ts`: socket to socket, no
- * framing, no multiplexing): the floor any matcher + relay written for Bun
- * can reach here, so o3sr's distance to it is its own overhead.
+ * Two minimal forwarders in a row (`forwarder.ts` under Bun, `forwarder_deno.ts`
+ * under Deno: socket to socket, no framing, no multiplexing): the floor any
+ * matcher + relay written for that runtime can reach here, so o3sr's distance
+ * to it is its own overhead.
  */
-export const bunHopsPath: BenchPath = {
-  name: "bun-2hop",
-  about: "two minimal Bun forwarders in a row (bench/forwarder.ts), the floor for a two-hop relay on Bun",
-  targets: null,
-  unavailable: () => null,
-  async start(context) {
-    const processes = new Processes();
-    const hop = async (name: string, to: number) => {
-      const child = processes.spawn(name, context.bun, ["bench/forwarder.ts", "--to", String(to)]);
-      return Number((await child.waitForLine(/listening on (\d+)/, START_TIMEOUT))[1]);
-    };
-    try {
-      const second = await hop("bun-2hop hop 2", context.destPort);
-      const first = await hop("bun-2hop hop 1", second);
-      const { commands, children, stop } = processes;
-      return { clientPort: first, commands, pids: children.map((child) => child.pid), stop };
-    } catch (error) {
-      await processes.stop();
-      throw error;
-    }
-  },
-};
+export function hopsPath(runtime: "bun" | "deno"): BenchPath {
+  const [label, script] = runtime === "bun" ? ["Bun", "bench/forwarder.ts"] : ["Deno", "bench/forwarder_deno.ts"];
+  const name = `${runtime}-2hop`;
+  return {
+    name,
+    about: `two minimal ${label} forwarders in a row (${script}), the floor for a two-hop relay on ${label}`,
+    targets: null,
+    // Each hop holds the client's socket and its own to the next hop.
+    descriptorsPerClient: 2,
+    unavailable: (context) => runtime === "deno" && context.deno === null ? "deno not found" : null,
+    async start(context) {
+      const processes = new Processes();
+      const [command, prefix] = runtime === "bun" ? [context.bun, [script]] : [context.deno!, ["run", "-A", script]];
+      const hop = async (role: string, to: number) => {
+        const child = processes.spawn(`${name} ${role}`, command, [...prefix, "--to", String(to)]);
+        return Number((await child.waitForLine(/listening on (\d+)/, START_TIMEOUT))[1]);
+      };
+      try {
+        const second = await hop("hop 2", context.destPort);
+        const first = await hop("hop 1", second);
+        const { commands, children, stop } = processes;
+        return { clientPort: first, commands, pids: children.map((child) => child.pid), stop };
+      } catch (error) {
+        await processes.stop();
+        throw error;
+      }
+    },
+  };
+}
 
 /** Every path, in table order. Direct must stay first: it is the baseline. */
 export const PATHS: BenchPath[] = [
@@ -260,7 +268,8 @@ export const PATHS: BenchPath[] = [
     relayArgs: ["--channel", "event"],
     sessionPerClient: true,
   }),
-  bunHopsPath,
+  hopsPath("bun"),
+  hopsPath("deno"),
   socatPath,
 ];
 

@@ -259,13 +259,15 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
   running.clear();
 
   // Idle streams on a fresh forwarder each: the load above must not count.
+  // Every path with processes of its own, the floors too: they show what the runtime costs.
   for (const result of active) {
     const index = selected.findIndex((p) => p.name === result.name);
     const path = selected[index];
-    if (path.targets === null) continue;
+    if (result.commands.length === 0) continue;
     let fresh: RunningPath | null = null;
     try {
       fresh = await path.start(contexts[index]);
+      if (fresh.pids.length === 0) continue;
       const count = idleCountFor(plan.idleCount, path.descriptorsPerClient ?? 1, result.name);
       result.idle = await idleStreams(bun, `${result.name} idle`, fresh, count);
       if (result.idle) {
