@@ -79,4 +79,5 @@ if (!Number.isInteger(to) || to <= 0) {
 
 const listener = deno.listen({ hostname: HOST, port: 0 });
 console.log(`listening on ${listener.addr.port}`);
-for await (const client of listener) forward(client, to);
+// A failure ends that one connection, never the forwarder.
+for await (const client of listener) forward(client, to).catch(() => closeQuietly(client));
