@@ -20,6 +20,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, wri
 import { dirname, join, relative } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
+import { DENO_V8_FLAGS } from "./src/deno_flags.ts";
 
 /** A platform o3sr ships a binary for, with the names each compiler knows it by. */
 export interface Target {
@@ -271,7 +272,7 @@ async function buildDeno(
   const started = Date.now();
   const file = outFile(target, "o3sr-deno-");
   const permissions = ["--allow-net", "--allow-env", "--allow-read", "--allow-write"];
-  const args = ["compile", ...permissions, ...excludes, "--target", target.deno, "--output", file];
+  const args = ["compile", ...permissions, DENO_V8_FLAGS, ...excludes, "--target", target.deno, "--output", file];
   const result = await run(deno, [...args, entry], DENO_COMPILE_TIMEOUT_MS);
   if (result.code === 0) return artifact(file, started);
   if (result.timedOut) return `deno compile timed out after ${DENO_COMPILE_TIMEOUT_MS / 1000}s`;

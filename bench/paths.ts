@@ -9,6 +9,7 @@
 
 import { spawnSync } from "node:child_process";
 import { connect, createServer } from "node:net";
+import { DENO_V8_FLAGS } from "../src/deno_flags.ts";
 import { type Child, findTool, repoRoot, sleep, spawnChild } from "./procs.ts";
 
 /** What every path needs to start. */
@@ -110,7 +111,7 @@ export function o3srPath(options: O3srPathOptions): BenchPath {
     async start(context) {
       const [command, prefix] = options.runtime === "bun"
         ? [context.bun, ["src/main_bun.ts"]]
-        : [context.deno!, ["run", "-A", "src/main_deno.ts"]];
+        : [context.deno!, ["run", "-A", DENO_V8_FLAGS, "src/main_deno.ts"]];
       const processes = new Processes();
       const o3sr = (role: string, args: string[]) =>
         processes.spawn(`${options.name} ${role}`, command, [...prefix, role, ...args]);

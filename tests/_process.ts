@@ -5,6 +5,7 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import process from "node:process";
+import { DENO_V8_FLAGS } from "../src/deno_flags.ts";
 import { repoRoot, runtime } from "./_helpers.ts";
 
 /** A spawned o3sr process with its output collected. */
@@ -25,7 +26,9 @@ export interface O3srProcess {
 
 /** Runs the CLI from source with the current runtime. */
 export function spawnFromSource(args: string[]): O3srProcess {
-  const argv = runtime === "bun" ? ["src/main_bun.ts", ...args] : ["run", "-A", "src/main_deno.ts", ...args];
+  const argv = runtime === "bun"
+    ? ["src/main_bun.ts", ...args]
+    : ["run", "-A", DENO_V8_FLAGS, "src/main_deno.ts", ...args];
   return spawnCommand(process.execPath, argv);
 }
 

@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { describe, test } from "node:test";
+import { DENO_V8_FLAGS } from "../src/deno_flags.ts";
 import { assertEchoed, echo, freePort, repoRoot, runtime, serve, tcp } from "./_helpers.ts";
 import { matcherArgs, relayArgs, spawnCommand } from "./_process.ts";
 
@@ -28,7 +29,9 @@ function build(): { binary: string; cleanup(): void } {
   if (runtime === "bun") {
     execFileSync(process.execPath, ["build", "--compile", "src/main_bun.ts", "--outfile", binary], { cwd: repoRoot });
   } else {
-    execFileSync(process.execPath, ["compile", "-A", "--output", binary, "src/main_deno.ts"], { cwd: repoRoot });
+    execFileSync(process.execPath, ["compile", "-A", DENO_V8_FLAGS, "--output", binary, "src/main_deno.ts"], {
+      cwd: repoRoot,
+    });
   }
   return { binary, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }

@@ -13,6 +13,7 @@ import process from "node:process";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
+import { DENO_V8_FLAGS } from "../src/deno_flags.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -138,5 +139,10 @@ describe("GitHub workflows", () => {
     const section = changelog.split(/^## /m).find((s) => s.startsWith(`[${version}]`));
     assert.ok(section, `no '## [${version}]' section`);
     assert.match(section.split("\n").slice(1).join("\n"), /\S/, `'## [${version}]' is empty`);
+  });
+
+  test("npm run o3sr:deno runs Deno with the V8 flags the compiled Deno binaries get", () => {
+    const { scripts } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
+    assert.ok(scripts["o3sr:deno"].split(" ").includes(DENO_V8_FLAGS), scripts["o3sr:deno"]);
   });
 });
