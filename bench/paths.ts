@@ -231,7 +231,10 @@ export function hopsPath(runtime: "bun" | "deno"): BenchPath {
     unavailable: (context) => runtime === "deno" && context.deno === null ? "deno not found" : null,
     async start(context) {
       const processes = new Processes();
-      const [command, prefix] = runtime === "bun" ? [context.bun, [script]] : [context.deno!, ["run", "-A", script]];
+      // Deno with the V8 flags o3sr's Deno builds get, so the distance between them is o3sr's code.
+      const [command, prefix] = runtime === "bun"
+        ? [context.bun, [script]]
+        : [context.deno!, ["run", "-A", DENO_V8_FLAGS, script]];
       const hop = async (role: string, to: number) => {
         const child = processes.spawn(`${name} ${role}`, command, [...prefix, "--to", String(to)]);
         return Number((await child.waitForLine(/listening on (\d+)/, START_TIMEOUT))[1]);
