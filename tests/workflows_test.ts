@@ -1,8 +1,9 @@
 /**
  * The GitHub workflows: valid against GitHub's workflow schema (checked offline by
  * action-validator), and keeping the project's rules: every job has a timeout, CI runs
- * the suites of both runtimes, Deno and Bun come only from package.json, and a `v*` tag
- * releases with notes from CHANGELOG.md.
+ * the suites of both runtimes, Deno and Bun come only from package.json, a `v*` tag
+ * releases with notes from CHANGELOG.md, and `npm run o3sr:deno` runs Deno as the
+ * compiled Deno binaries do.
  */
 
 import assert from "node:assert/strict";
