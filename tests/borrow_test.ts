@@ -153,6 +153,37 @@ async function connPair(): Promise<{ dialed: Conn; accepted: Conn }> {
   return { dialed, accepted };
 }
 
+/**
+ * A dialer session over `dialerConn` and an acceptor over `acceptorConn`, past
+ * their handshake; the acceptor accepts every stream and hands it to `onStream`.
+ */
+async function sessionsOver(
+  dialerConn: Conn,
+  acceptorConn: Conn,
+  onStream: (stream: Stream) => void,
+): Promise<{ dialer: Session; close(): void }> {
+  const acceptor = new Session(acceptorConn, {
+    side: "acceptor",
+    heartbeatInterval: 0,
+    onStream: (stream) => {
+      stream.accept();
+      onStream(stream);
+    },
+  });
+  const dialer = new Session(dialerConn, { side: "dialer", heartbeatInterval: 0 });
+  const close = () => {
+    dialer.close("test over");
+    acceptor.close("test over");
+  };
+  try {
+    await Promise.all([dialer.ready, acceptor.ready]);
+  } catch (error) {
+    close();
+    throw error;
+  }
+  return { dialer, close };
+}
+
 /** How the receiving side of each test stream reads. */
 type Reader = "borrows" | "keeps" | "stalls, then borrows";
 
@@ -177,17 +208,12 @@ describe("a session borrowing its connection's chunks", () => {
     const lending = new LendingConn(accepted);
     const readers: Reader[] = ["borrows", "keeps", "stalls, then borrows", "borrows", "keeps", "borrows"];
     const received: Array<Promise<Uint8Array>> = [];
-    const acceptor = new Session(lending, {
-      side: "acceptor",
-      heartbeatInterval: 0,
-      onStream: (stream) => {
-        stream.accept();
-        received.push(consume(stream, readers[received.length]));
-      },
-    });
-    const dialer = new Session(dialerConn, { side: "dialer", heartbeatInterval: 0 });
+    const { dialer, close } = await sessionsOver(
+      dialerConn,
+      lending,
+      (stream) => received.push(consume(stream, readers[received.length])),
+    );
     try {
-      await Promise.all([dialer.ready, acceptor.ready]);
       const sent = readers.map((_, i) => pseudoRandomBytes(1_500_000 + i * 77_777, i + 1));
       await Promise.all(sent.map(async (data, i) => {
         const stream = dialer.openStream();
@@ -203,8 +229,7 @@ describe("a session borrowing its connection's chunks", () => {
       assert.ok(lending.givenBack > 0, "the session never gave a chunk back");
       assert.equal(lending.outstanding, 0, "chunks the session never gave back");
     } finally {
-      dialer.close("test over");
-      acceptor.close("test over");
+      close();
     }
   });
 });
@@ -215,17 +240,8 @@ describe("pipe", () => {
     const client = await connPair();
     const link = await connPair();
     const streams: Stream[] = [];
-    const peer = new Session(link.accepted, {
-      side: "acceptor",
-      heartbeatInterval: 0,
-      onStream: (stream) => {
-        stream.accept();
-        streams.push(stream);
-      },
-    });
-    const session = new Session(link.dialed, { side: "dialer", heartbeatInterval: 0 });
+    const { dialer: session, close } = await sessionsOver(link.dialed, link.accepted, (stream) => streams.push(stream));
     try {
-      await Promise.all([session.ready, peer.ready]);
       const lending = new LendingConn(client.accepted);
       const piped = pipe(lending, session.openStream());
       const data = pseudoRandomBytes(3_000_000, 7);
@@ -240,8 +256,7 @@ describe("pipe", () => {
       assert.equal(result.error, null);
       assert.equal(lending.outstanding, 0, "chunks the pipe never gave back");
     } finally {
-      session.close("test over");
-      peer.close("test over");
+      close();
     }
   });
 });
