@@ -52,6 +52,7 @@ export {
   type Conn,
   ConnectionClosedError,
   type ConnectOptions,
+  type Lender,
   type Listener,
   type ListenOptions,
   type TlsConnectOptions,

@@ -5,7 +5,7 @@
  */
 
 import { formatDuration } from "./log.ts";
-import type { Conn } from "./transport/types.ts";
+import { type Conn, lends } from "./transport/types.ts";
 
 /** Bytes moved by {@linkcode pipe}, each way. */
 export interface PipeResult {
@@ -75,13 +75,13 @@ async function copy(
   pendingRead?: Promise<Uint8Array | null>,
 ): Promise<void> {
   // A resolved write holds no reference to its chunk, so chunks can be borrowed.
-  const borrow = from.readBorrowed !== undefined && from.giveBack !== undefined;
+  const lender = lends(from) ? from : null;
   for (;;) {
-    const chunk = await (pendingRead ?? (borrow ? from.readBorrowed!() : from.read()));
+    const chunk = await (pendingRead ?? (lender ? lender.readBorrowed() : from.read()));
     pendingRead = undefined;
     if (chunk === null) return to.closeWrite();
     await to.write(chunk);
-    if (borrow) from.giveBack!(chunk);
+    lender?.giveBack(chunk);
     count(chunk.length);
   }
 }

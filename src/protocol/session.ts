@@ -8,7 +8,7 @@
 
 import { errorMessage, toError } from "../errors.ts";
 import { formatDuration } from "../log.ts";
-import { type Addr, type Conn, ConnectionClosedError } from "../transport/types.ts";
+import { type Addr, type Conn, ConnectionClosedError, lends } from "../transport/types.ts";
 import { EMPTY, FrameDecoder } from "./codec.ts";
 import { ProtocolError } from "./errors.ts";
 import {
@@ -374,19 +374,19 @@ export class Session implements StreamHost {
       const conn = this.#conn;
       // Borrowed chunks go back to the connection once every payload decoded
       // from them was given back by its stream's reader (see Loan).
-      const borrow = conn.readBorrowed !== undefined && conn.giveBack !== undefined;
+      const lender = lends(conn) ? conn : null;
       for (;;) {
-        const chunk = await (borrow ? conn.readBorrowed!() : conn.read());
+        const chunk = await (lender ? lender.readBorrowed() : conn.read());
         if (chunk === null) break;
         // After the end, keep reading (and ignoring) until the peer's FIN, so
         // closing never resets a peer that still has our last frames unread.
         if (this.#state === "closed") {
-          if (borrow) conn.giveBack!(chunk);
+          lender?.giveBack(chunk);
           continue;
         }
         this.#lastReceived = Date.now();
         this.#awaitingPeer = false;
-        const loan = borrow ? new Loan(conn, chunk) : null;
+        const loan = lender ? new Loan(lender, chunk) : null;
         this.#loan = loan;
         try {
           this.#decoder.push(chunk);

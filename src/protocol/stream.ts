@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Addr, Conn } from "../transport/types.ts";
+import type { Addr, Conn, Lender } from "../transport/types.ts";
 import { ConnectionClosedError } from "../transport/types.ts";
 import { ProtocolError, StreamResetError } from "./errors.ts";
 import { FrameType, MAX_WINDOW } from "./frame.ts";
@@ -37,7 +37,7 @@ const encoder = new TextEncoder();
  */
 export class Loan {
   /** The connection that lent {@linkcode Loan.chunk}. */
-  readonly conn: Conn;
+  readonly conn: Lender;
   /** The bytes lent. */
   readonly chunk: Uint8Array;
   /** Holders: the session while it decodes the chunk, and each payload lent on. */
@@ -49,7 +49,7 @@ export class Loan {
    * @param conn the connection that lent `chunk`
    * @param chunk the bytes lent
    */
-  constructor(conn: Conn, chunk: Uint8Array) {
+  constructor(conn: Lender, chunk: Uint8Array) {
     this.conn = conn;
     this.chunk = chunk;
   }
@@ -66,7 +66,7 @@ export class Loan {
 
   /** A holder is done; the last one gives the chunk back. */
   release(): void {
-    if (--this.#holders === 0) this.conn.giveBack?.(this.chunk);
+    if (--this.#holders === 0) this.conn.giveBack(this.chunk);
   }
 }
 

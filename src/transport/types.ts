@@ -59,6 +59,14 @@ export interface Conn {
   readonly closed: Promise<void>;
 }
 
+/** A connection that lends its chunks: it has both of `Conn`'s optional borrowing methods. */
+export type Lender = Conn & Required<Pick<Conn, "readBorrowed" | "giveBack">>;
+
+/** Whether `conn` lends its chunks (has `readBorrowed` and `giveBack`). */
+export function lends(conn: Conn): conn is Lender {
+  return conn.readBorrowed !== undefined && conn.giveBack !== undefined;
+}
+
 /** Accepts connections on one address. */
 export interface Listener {
   /** The bound address; `port` is the real port, also after asking for port 0. */

@@ -31,6 +31,7 @@ import {
   ConnectionClosedError,
   type ConnectOptions,
   formatAddr,
+  lends,
   type ListenOptions,
   type Transport,
 } from "./types.ts";
@@ -905,7 +906,7 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
     first = null;
     return Promise.resolve(chunk);
   };
-  const { readBorrowed, giveBack } = conn;
+  const lender = lends(conn) ? conn : null;
   return {
     get localAddr() {
       return conn.localAddr;
@@ -915,10 +916,10 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
     },
     read: replay(() => conn.read()),
     // The prefix was never lent, so it is not given back.
-    ...(readBorrowed && giveBack
+    ...(lender
       ? {
-        readBorrowed: replay(() => readBorrowed.call(conn)),
-        giveBack: (chunk: Uint8Array) => chunk !== prefix && giveBack.call(conn, chunk),
+        readBorrowed: replay(() => lender.readBorrowed()),
+        giveBack: (chunk: Uint8Array) => chunk !== prefix && lender.giveBack(chunk),
       }
       : {}),
     write: (chunk) => conn.write(chunk),
