@@ -186,41 +186,43 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
     }
   }
 
-  // Throughput: rounds interleave the paths, so a noisy spell on the shared box hits all of them.
-  for (const { cell, direction, streams } of CELLS) {
-    const runs = new Map<string, ThroughputResult[]>(active.map((r) => [r.name, []]));
-    const errors = new Map<string, string[]>(active.map((r) => [r.name, []]));
-    if (streams > 1) { for (const r of active) startPeakWindow(r, running.get(r.name)!); }
-    for (let round = 0; round < plan.runs; round++) {
+  // Throughput: rounds interleave the paths, so a noisy spell on the shared box
+  // hits all of them; within a round each path runs its 1- and 8-stream cells of
+  // one direction back to back, so "8 streams no worse than 1" compares runs
+  // seconds apart, not minutes (the box's load drifts in between).
+  const runs = new Map(CELLS.map(({ cell }) => [cell, new Map(active.map((r) => [r.name, [] as ThroughputResult[]]))]));
+  const errors = new Map(CELLS.map(({ cell }) => [cell, new Map(active.map((r) => [r.name, [] as string[]]))]));
+  for (let round = 0; round < plan.runs; round++) {
+    for (const direction of ["upload", "download"] as const) {
       for (const result of active) {
-        const path = running.get(result.name)!;
-        const label = `${result.name} ${cell} #${round + 1}`;
-        const sampler = streams > 1 && path.pids.length > 0 ? sampleRss(path.pids) : null;
-        const cpuBefore = cpuOf(path.pids);
-        try {
-          const run = await throughput(bun, label, path.clientPort, direction, streams, plan.seconds);
-          // Where the forwarder's time goes, for reading the JSON: CPU seconds per process over the run.
-          run.forwarderCpu = cpuOf(path.pids).map((after, i) => after === null ? null : after - cpuBefore[i]!);
-          runs.get(result.name)!.push(run);
-          const cpu = run.forwarderCpu.length > 0
-            ? ` (CPU ${run.forwarderCpu.map((c) => `${Math.round(100 * (c ?? NaN) / run.seconds)}%`).join(" + ")})`
-            : "";
-          log(`  ${label}: ${run.gbps.toFixed(2)} Gbit/s${cpu}`);
-        } catch (error) {
-          errors.get(result.name)!.push(firstLine(error));
-          log(`  ${label}: FAILED ${firstLine(error)}`);
+        for (const { cell, streams } of CELLS.filter((c) => c.direction === direction)) {
+          const path = running.get(result.name)!;
+          const label = `${result.name} ${cell} #${round + 1}`;
+          const peak = streams > 1 ? startPeak(result, path) : null;
+          const cpuBefore = cpuOf(path.pids);
+          try {
+            const run = await throughput(bun, label, path.clientPort, direction, streams, plan.seconds);
+            // Where the forwarder's time goes, for reading the JSON: CPU seconds per process over the run.
+            run.forwarderCpu = cpuOf(path.pids).map((after, i) => after === null ? null : after - cpuBefore[i]!);
+            runs.get(cell)!.get(result.name)!.push(run);
+            const cpu = run.forwarderCpu.length > 0
+              ? ` (CPU ${run.forwarderCpu.map((c) => `${Math.round(100 * (c ?? NaN) / run.seconds)}%`).join(" + ")})`
+              : "";
+            log(`  ${label}: ${run.gbps.toFixed(2)} Gbit/s${cpu}`);
+          } catch (error) {
+            errors.get(cell)!.get(result.name)!.push(firstLine(error));
+            log(`  ${label}: FAILED ${firstLine(error)}`);
+          }
+          peak?.stop();
+          await sleep(SETTLE_MS);
         }
-        const peak = sampler?.stop() ?? null;
-        if (peak !== null && result.peakRss) {
-          result.peakRss.sampledKiB = Math.max(result.peakRss.sampledKiB ?? 0, peak);
-        }
-        await sleep(SETTLE_MS);
       }
     }
+  }
+  for (const { cell } of CELLS) {
     for (const result of active) {
-      result.throughput[cell] = summarizeCell(runs.get(result.name)!, errors.get(result.name)!);
+      result.throughput[cell] = summarizeCell(runs.get(cell)!.get(result.name)!, errors.get(cell)!.get(result.name)!);
     }
-    if (cell === "down8") { for (const r of active) endPeakWindow(r, running.get(r.name)!); }
   }
 
   // Latency and setup too: several rounds, the paths taking turns, and the
@@ -317,17 +319,25 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
   console.log(`\nresults: ${file} (${((Date.now() - started.getTime()) / 1000).toFixed(0)} s)`);
 }
 
-/** Starts measuring a path's peak memory for the 8-stream phases. */
-function startPeakWindow(result: PathResult, path: RunningPath): void {
-  if (path.pids.length === 0 || result.peakRss) return;
+/**
+ * Measures a path's peak memory over one 8-stream run: VmHWM reset at its start
+ * and read at its end, and RSS sampled meanwhile; the path keeps the largest
+ * of its runs.
+ */
+function startPeak(result: PathResult, path: RunningPath): { stop(): void } | null {
+  if (path.pids.length === 0) return null;
   const hwmReset = path.pids.every(resetPeak);
-  result.peakRss = { hwmKiB: null, sampledKiB: null, hwmReset };
-}
-
-/** Reads the peak (VmHWM, reset at the window's start) once the 8-stream phases are done. */
-function endPeakWindow(result: PathResult, path: RunningPath): void {
-  if (!result.peakRss) return;
-  result.peakRss.hwmKiB = totalMemory(path.pids)?.hwmKiB ?? null;
+  const sampler = sampleRss(path.pids);
+  const peak = result.peakRss ??= { hwmKiB: null, sampledKiB: null, hwmReset };
+  peak.hwmReset &&= hwmReset;
+  return {
+    stop() {
+      const sampled = sampler.stop();
+      if (sampled !== null) peak.sampledKiB = Math.max(peak.sampledKiB ?? 0, sampled);
+      const hwm = peak.hwmReset ? totalMemory(path.pids)?.hwmKiB : null;
+      if (hwm != null) peak.hwmKiB = Math.max(peak.hwmKiB ?? 0, hwm);
+    },
+  };
 }
 
 function hostInfo(deno: string | null, socat: string | null) {
