@@ -24,6 +24,15 @@ export interface PathContext {
   socat: string | null;
 }
 
+/**
+ * The command and leading arguments that run `script` from source under
+ * `runtime`: Deno with the V8 flags of o3sr's Deno builds, so o3sr and the Deno
+ * floor run alike and the distance between them is o3sr's code.
+ */
+function runScript(context: PathContext, runtime: "bun" | "deno", script: string): [string, string[]] {
+  return runtime === "bun" ? [context.bun, [script]] : [context.deno!, ["run", "-A", DENO_V8_FLAGS, script]];
+}
+
 /** A started path. */
 export interface RunningPath {
   /** Where the load tool's clients connect. */
@@ -109,9 +118,7 @@ export function o3srPath(options: O3srPathOptions): BenchPath {
     descriptorsPerClient: options.sessionPerClient ? 2 : 1,
     unavailable: (context) => options.runtime === "deno" && context.deno === null ? "deno not found" : null,
     async start(context) {
-      const [command, prefix] = options.runtime === "bun"
-        ? [context.bun, ["src/main_bun.ts"]]
-        : [context.deno!, ["run", "-A", DENO_V8_FLAGS, "src/main_deno.ts"]];
+      const [command, prefix] = runScript(context, options.runtime, `src/main_${options.runtime}.ts`);
       const processes = new Processes();
       const o3sr = (role: string, args: string[]) =>
         processes.spawn(`${options.name} ${role}`, command, [...prefix, role, ...args]);
@@ -231,10 +238,7 @@ export function hopsPath(runtime: "bun" | "deno"): BenchPath {
     unavailable: (context) => runtime === "deno" && context.deno === null ? "deno not found" : null,
     async start(context) {
       const processes = new Processes();
-      // Deno with the V8 flags o3sr's Deno builds get, so the distance between them is o3sr's code.
-      const [command, prefix] = runtime === "bun"
-        ? [context.bun, [script]]
-        : [context.deno!, ["run", "-A", DENO_V8_FLAGS, script]];
+      const [command, prefix] = runScript(context, runtime, script);
       const hop = async (role: string, to: number) => {
         const child = processes.spawn(`${name} ${role}`, command, [...prefix, "--to", String(to)]);
         return Number((await child.waitForLine(/listening on (\d+)/, START_TIMEOUT))[1]);

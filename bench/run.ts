@@ -27,7 +27,16 @@ import {
 import { type BenchPath, pathContext, PATHS, type RunningPath } from "./paths.ts";
 import { cpuOf, resetPeak, sampleRss, totalMemory } from "./proc_stats.ts";
 import { findTool, installCleanup, openFileLimit, repoRoot, sleep, stopAll } from "./procs.ts";
-import { buildRows, CELLS, medianLatency, medianSetup, type PathResult, renderRows, summarizeCell } from "./report.ts";
+import {
+  buildRows,
+  type Cell,
+  CELLS,
+  medianLatency,
+  medianSetup,
+  type PathResult,
+  renderRows,
+  summarizeCell,
+} from "./report.ts";
 import { runSoak } from "./soak.ts";
 
 /** How much to measure. */
@@ -190,38 +199,24 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
   // hits all of them; within a round each path runs its 1- and 8-stream cells of
   // one direction back to back, so "8 streams no worse than 1" compares runs
   // seconds apart, not minutes (the box's load drifts in between).
-  const runs = new Map(CELLS.map(({ cell }) => [cell, new Map(active.map((r) => [r.name, [] as ThroughputResult[]]))]));
-  const errors = new Map(CELLS.map(({ cell }) => [cell, new Map(active.map((r) => [r.name, [] as string[]]))]));
-  for (let round = 0; round < plan.runs; round++) {
+  const cells = new Map(
+    active.map((r) => [r.name, new Map(CELLS.map(({ cell }): [Cell, CellRuns] => [cell, { runs: [], errors: [] }]))]),
+  );
+  for (let round = 1; round <= plan.runs; round++) {
     for (const direction of ["upload", "download"] as const) {
       for (const result of active) {
         for (const { cell, streams } of CELLS.filter((c) => c.direction === direction)) {
-          const path = running.get(result.name)!;
-          const label = `${result.name} ${cell} #${round + 1}`;
-          const peak = streams > 1 ? startPeak(result, path) : null;
-          const cpuBefore = cpuOf(path.pids);
-          try {
-            const run = await throughput(bun, label, path.clientPort, direction, streams, plan.seconds);
-            // Where the forwarder's time goes, for reading the JSON: CPU seconds per process over the run.
-            run.forwarderCpu = cpuOf(path.pids).map((after, i) => after === null ? null : after - cpuBefore[i]!);
-            runs.get(cell)!.get(result.name)!.push(run);
-            const cpu = run.forwarderCpu.length > 0
-              ? ` (CPU ${run.forwarderCpu.map((c) => `${Math.round(100 * (c ?? NaN) / run.seconds)}%`).join(" + ")})`
-              : "";
-            log(`  ${label}: ${run.gbps.toFixed(2)} Gbit/s${cpu}`);
-          } catch (error) {
-            errors.get(cell)!.get(result.name)!.push(firstLine(error));
-            log(`  ${label}: FAILED ${firstLine(error)}`);
-          }
-          peak?.stop();
+          const label = `${result.name} ${cell} #${round}`;
+          const into = cells.get(result.name)!.get(cell)!;
+          await throughputRun(bun, label, result, running.get(result.name)!, direction, streams, plan.seconds, into);
           await sleep(SETTLE_MS);
         }
       }
     }
   }
-  for (const { cell } of CELLS) {
-    for (const result of active) {
-      result.throughput[cell] = summarizeCell(runs.get(cell)!.get(result.name)!, errors.get(cell)!.get(result.name)!);
+  for (const result of active) {
+    for (const [cell, { runs, errors }] of cells.get(result.name)!) {
+      result.throughput[cell] = summarizeCell(runs, errors);
     }
   }
 
@@ -317,6 +312,42 @@ async function bench(plan: Plan, only: string[] | null, jsonFile: string | null)
     ) + "\n",
   );
   console.log(`\nresults: ${file} (${((Date.now() - started.getTime()) / 1000).toFixed(0)} s)`);
+}
+
+/** The runs of one throughput cell of one path, and the failures among them. */
+interface CellRuns {
+  runs: ThroughputResult[];
+  errors: string[];
+}
+
+/** One timed throughput run through `path`, with its forwarders' CPU and, for 8 streams, their peak memory. */
+async function throughputRun(
+  bun: string,
+  label: string,
+  result: PathResult,
+  path: RunningPath,
+  direction: "upload" | "download",
+  streams: number,
+  seconds: number,
+  into: CellRuns,
+): Promise<void> {
+  const peak = streams > 1 ? startPeak(result, path) : null;
+  const cpuBefore = cpuOf(path.pids);
+  try {
+    const run = await throughput(bun, label, path.clientPort, direction, streams, seconds);
+    // Where the forwarder's time goes, for reading the JSON: CPU seconds per process over the run.
+    run.forwarderCpu = cpuOf(path.pids).map((after, i) => after === null ? null : after - cpuBefore[i]!);
+    into.runs.push(run);
+    const cpu = run.forwarderCpu.length > 0
+      ? ` (CPU ${run.forwarderCpu.map((c) => `${Math.round(100 * (c ?? NaN) / run.seconds)}%`).join(" + ")})`
+      : "";
+    log(`  ${label}: ${run.gbps.toFixed(2)} Gbit/s${cpu}`);
+  } catch (error) {
+    into.errors.push(firstLine(error));
+    log(`  ${label}: FAILED ${firstLine(error)}`);
+  } finally {
+    peak?.stop();
+  }
 }
 
 /**
