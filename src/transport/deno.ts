@@ -126,38 +126,49 @@ class DenoConn implements Conn {
     return chunk;
   }
 
-  /** Reads into the queue until it is full, the peer's end, or a failure; never rejects. */
-  async #readAhead(): Promise<void> {
+  /**
+   * Reads into the queue until it is full, the peer's end, or a failure. Each
+   * read continues in callbacks bound once rather than in an async function,
+   * so an idle connection's pending read holds no suspended frame as well.
+   */
+  #readAhead(): void {
     if (this.#reading) return;
     this.#reading = true;
-    try {
-      while (!this.#done && !this.#inbound.ended && !this.#inbound.paused) {
-        const buffer = this.#buffers.room(this.#readSize);
-        let n: number | null;
-        try {
-          n = await this.#conn.read(buffer);
-        } catch (error) {
-          this.#release(describe(error));
-          return;
-        }
-        if (n === null) {
-          this.#inbound.end();
-          if (this.#wroteFin) this.#release("connection closed");
-          return;
-        }
-        if (n === buffer.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
-        else if (n < buffer.length >>> 2) this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
-        // A small chunk for an idle reader is a request or a reply: read next
-        // only when asked, so its answer is written first (one syscall less
-        // before it). Bulk data keeps the reads going.
-        const interactive = this.#inbound.waiting && n <= SMALL_READ;
-        this.#inbound.push(this.#buffers.filled(n));
-        if (interactive) break;
-      }
-    } finally {
-      this.#reading = false;
-    }
+    this.#readNext();
   }
+
+  #readNext(): void {
+    if (this.#done || this.#inbound.ended || this.#inbound.paused) {
+      this.#reading = false;
+      return;
+    }
+    const buffer = this.#buffers.room(this.#readSize);
+    this.#conn.read(buffer).then(this.#onRead, this.#onReadError);
+  }
+
+  readonly #onReadError = (error: unknown): void => {
+    this.#reading = false;
+    this.#release(describe(error));
+  };
+
+  readonly #onRead = (n: number | null): void => {
+    if (n === null) {
+      this.#reading = false;
+      this.#inbound.end();
+      if (this.#wroteFin) this.#release("connection closed");
+      return;
+    }
+    const size = this.#readSize;
+    if (n === size) this.#readSize = Math.min(size * 2, MAX_READ);
+    else if (n < size >>> 2) this.#readSize = Math.max(size >>> 1, MIN_READ);
+    // A small chunk for an idle reader is a request or a reply: read next
+    // only when asked, so its answer is written first (one syscall less
+    // before it). Bulk data keeps the reads going.
+    const interactive = this.#inbound.waiting && n <= SMALL_READ;
+    this.#inbound.push(this.#buffers.filled(n));
+    if (interactive) this.#reading = false;
+    else this.#readNext();
+  };
 
   async write(chunk: Uint8Array): Promise<void> {
     if (this.#done || this.#wroteFin) throw new ConnectionClosedError("write after close");
