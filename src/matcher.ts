@@ -19,7 +19,7 @@ import { errorMessage } from "./errors.ts";
 import { AllowList, RateLimiter } from "./limits.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
 import { Registry } from "./metrics.ts";
-import { pipe } from "./pipe.ts";
+import { pipe, type PipeResult } from "./pipe.ts";
 import { encodeFrame } from "./protocol/codec.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { FrameType } from "./protocol/frame.ts";
@@ -696,6 +696,7 @@ class MatcherServer implements Matcher {
     const started = Date.now();
     const tried = new Set<RelaySession>();
     const early = new EarlyData(conn);
+    let carrying = false;
     try {
       for (;;) {
         let relay = service.pick(tried);
@@ -719,7 +720,9 @@ class MatcherServer implements Matcher {
         const refused = opened instanceof Error ? opened : await this.#sendEarly(opened, relay, early);
         if (refused === null && !(opened instanceof Error)) {
           service.noteSuccess(relay);
-          await this.#carry(conn, opened, relay, service.name, client, started, early);
+          // Not awaited: this frame (and `tried`) need not live as long as the client.
+          carrying = true;
+          this.#carry(conn, opened, relay, service.name, client, started, early);
           return;
         }
         // What the client sent is kept, so another relay may take it.
@@ -738,7 +741,7 @@ class MatcherServer implements Matcher {
       this.#log.warn("client failed", { client, error: errorMessage(error) });
       conn.reset();
     } finally {
-      this.#clients.delete(conn);
+      if (!carrying) this.#clients.delete(conn);
     }
   }
 
@@ -775,7 +778,8 @@ class MatcherServer implements Matcher {
     return refused;
   }
 
-  async #carry(
+  /** Pipes the client and its stream, then counts and logs the outcome; never rejects. */
+  #carry(
     conn: Conn,
     { stream, session }: Opened,
     relay: RelaySession,
@@ -786,28 +790,48 @@ class MatcherServer implements Matcher {
   ): Promise<void> {
     this.#streamsOpened.inc();
     this.#log.debug("client connected", { client, service, relay: relay.address, stream: stream.id });
-    const result = await pipe(conn, stream, {
+    const earlyBytes = early.bytes;
+    return pipe(conn, stream, {
       idleTimeout: this.#options.idleTimeout,
       pendingRead: early.takePendingRead(),
-    });
-    result.aToB += early.bytes;
-    // Pool and event sessions carry one client.
-    if (session !== relay.session || relay.channel === "pool") session.goAway("done");
-    this.#bytes.inc({ direction: "up" }, result.aToB);
-    this.#bytes.inc({ direction: "down" }, result.bToA);
-    this.#streamsClosed.inc({ outcome: result.error ? "error" : "clean" });
-    const fields = {
-      client,
-      service: service === DEFAULT_SERVICE ? undefined : service,
-      relay: relay.address,
-      stream: stream.id,
-      up: formatBytes(result.aToB),
-      down: formatBytes(result.bToA),
-      time: formatDuration(Date.now() - started),
-      error: result.error ? errorMessage(result.error) : undefined,
-    };
-    if (result.error) this.#log.warn("client stream failed", fields);
-    else this.#log.info("client done", fields);
+    }).then((result) => this.#carried(conn, stream, session, relay, service, client, started, earlyBytes, result));
+  }
+
+  #carried(
+    conn: Conn,
+    stream: Stream,
+    session: Session,
+    relay: RelaySession,
+    service: string,
+    client: string,
+    started: number,
+    earlyBytes: number,
+    result: PipeResult,
+  ): void {
+    this.#clients.delete(conn);
+    try {
+      result.aToB += earlyBytes;
+      // Pool and event sessions carry one client.
+      if (session !== relay.session || relay.channel === "pool") session.goAway("done");
+      this.#bytes.inc({ direction: "up" }, result.aToB);
+      this.#bytes.inc({ direction: "down" }, result.bToA);
+      this.#streamsClosed.inc({ outcome: result.error ? "error" : "clean" });
+      const fields = {
+        client,
+        service: service === DEFAULT_SERVICE ? undefined : service,
+        relay: relay.address,
+        stream: stream.id,
+        up: formatBytes(result.aToB),
+        down: formatBytes(result.bToA),
+        time: formatDuration(Date.now() - started),
+        error: result.error ? errorMessage(result.error) : undefined,
+      };
+      if (result.error) this.#log.warn("client stream failed", fields);
+      else this.#log.info("client done", fields);
+    } catch (error) {
+      // Nothing awaits this: a failure here must not become an unhandled rejection.
+      this.#log.warn("client failed", { client, error: errorMessage(error) });
+    }
   }
 
   /** Why a client from `address` is refused, or null to serve it. */

@@ -28,7 +28,7 @@ export interface PipeResult {
  * @param b the other end
  * @returns bytes copied each way, and the error that ended it, if any
  */
-export async function pipe(a: Conn, b: Conn, options: PipeOptions = {}): Promise<PipeResult> {
+export function pipe(a: Conn, b: Conn, options: PipeOptions = {}): Promise<PipeResult> {
   const result: PipeResult = { aToB: 0, bToA: 0, error: null };
   const fail = (error: unknown) => {
     if (result.error === null) result.error = error instanceof Error ? error : new Error(String(error));
@@ -49,14 +49,17 @@ export async function pipe(a: Conn, b: Conn, options: PipeOptions = {}): Promise
       return n;
     }
     : (n: number) => n;
-  await Promise.all([
+  // Not an async function: a pipe waiting on idle peers holds two suspended
+  // copies, not a third frame waiting on them.
+  return Promise.all([
     copy(a, b, (n) => result.aToB += moved(n), options.pendingRead).catch(fail),
     copy(b, a, (n) => result.bToA += moved(n)).catch(fail),
-  ]);
-  if (timer !== null) clearInterval(timer);
-  a.close();
-  b.close();
-  return result;
+  ]).then(() => {
+    if (timer !== null) clearInterval(timer);
+    a.close();
+    b.close();
+    return result;
+  });
 }
 
 /** Options of {@linkcode pipe}. */

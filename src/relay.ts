@@ -18,7 +18,7 @@ import { answerChallenge, AUTH_CONTEXT } from "./auth.ts";
 import type { Channel, ProxyVersion, ServiceEntry } from "./config.ts";
 import { errorMessage } from "./errors.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
-import { pipe } from "./pipe.ts";
+import { pipe, type PipeResult } from "./pipe.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { type Hello, Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
 import type { Stream } from "./protocol/stream.ts";
@@ -487,7 +487,8 @@ class RelayClient extends EventTarget implements Relay {
     this.#streams.add(stream);
     this.#totalStreams++;
     const started = Date.now();
-    let up = 0, down = 0, failure: string | undefined;
+    let failure: string | undefined;
+    let piping = false;
     try {
       if (this.#options.handler) {
         stream.accept();
@@ -509,28 +510,40 @@ class RelayClient extends EventTarget implements Relay {
         const source = (client && parseHostPort(client)) || { hostname: "unknown", port: 0 };
         await conn.write(proxyHeader(destination.proxyProtocol, source, conn.remoteAddr));
       }
-      const result = await pipe(stream, conn, { idleTimeout: this.#options.idleTimeout });
-      up = result.aToB;
-      down = result.bToA;
-      failure = result.error ? errorMessage(result.error) : undefined;
-      const fields = {
-        stream: stream.id,
-        service,
-        client,
-        up: formatBytes(up),
-        down: formatBytes(down),
-        time: formatDuration(Date.now() - started),
-        error: failure,
-      };
-      if (failure) this.#log.warn("stream failed", fields);
-      else this.#log.debug("stream done", fields);
+      // Not awaited: this frame need not live as long as the stream.
+      piping = true;
+      pipe(stream, conn, { idleTimeout: this.#options.idleTimeout })
+        .then((result) => this.#served(stream, service, client, started, result));
     } catch (error) {
       failure = errorMessage(error);
       this.#log.warn("stream handler failed", { stream: stream.id, service, client, error: failure });
       stream.reset(`handler failed: ${failure}`);
     } finally {
-      this.#streams.delete(stream);
-      this.#emit("stream-close", { service, client, up, down, error: failure });
+      if (!piping) {
+        this.#streams.delete(stream);
+        this.#emit("stream-close", { service, client, up: 0, down: 0, error: failure });
+      }
+    }
+  }
+
+  /** A stream piped to its destination ended: logs and reports it. */
+  #served(stream: Stream, service: string, client: string | undefined, started: number, result: PipeResult): void {
+    this.#streams.delete(stream);
+    const failure = result.error ? errorMessage(result.error) : undefined;
+    try {
+      const fields = {
+        stream: stream.id,
+        service,
+        client,
+        up: formatBytes(result.aToB),
+        down: formatBytes(result.bToA),
+        time: formatDuration(Date.now() - started),
+        error: failure,
+      };
+      if (failure) this.#log.warn("stream failed", fields);
+      else this.#log.debug("stream done", fields);
+    } finally {
+      this.#emit("stream-close", { service, client, up: result.aToB, down: result.bToA, error: failure });
     }
   }
 
