@@ -60,7 +60,7 @@ async function readInOrder(conn: { read(): Promise<Uint8Array | null> }, from: n
   return at;
 }
 
-/** Reads past the small first reads (2 KiB, doubling) to the first bulk chunk; returns the bytes read. */
+/** Reads past the small first reads (1 KiB, doubling) to the first bulk chunk; returns the bytes read. */
 async function readUntilBulk(conn: { read(): Promise<Uint8Array | null> }): Promise<number> {
   let consumed = 0;
   for (let chunk = await conn.read(); chunk !== null; chunk = await conn.read()) {

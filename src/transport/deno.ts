@@ -50,9 +50,10 @@ export interface DenoLike {
   connect(options: { hostname: string; port: number; transport: "tcp" }): Promise<DenoConnLike>;
 }
 
-// Reads start small so idle connections hold little memory, and grow while
-// the peer keeps filling them.
-const MIN_READ = 2 * 1024;
+// Reads start small and grow while the peer keeps filling them: an idle
+// connection's pending read holds its buffer, and at 10,000 idle streams
+// 1 KiB against 2 KiB is a tenth of the Deno build's memory per stream.
+const MIN_READ = 1024;
 /** A read this small that is answered at once is a request or a reply. */
 const SMALL_READ = 16 * 1024;
 /**
