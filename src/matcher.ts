@@ -721,8 +721,8 @@ class MatcherServer implements Matcher {
         if (refused === null && !(opened instanceof Error)) {
           service.noteSuccess(relay);
           // Not awaited: this frame (and `tried`) need not live as long as the client.
-          carrying = true;
           this.#carry(conn, opened, relay, service.name, client, started, early);
+          carrying = true;
           return;
         }
         // What the client sent is kept, so another relay may take it.

@@ -511,9 +511,9 @@ class RelayClient extends EventTarget implements Relay {
         await conn.write(proxyHeader(destination.proxyProtocol, source, conn.remoteAddr));
       }
       // Not awaited: this frame need not live as long as the stream.
-      piping = true;
       pipe(stream, conn, { idleTimeout: this.#options.idleTimeout })
         .then((result) => this.#served(stream, service, client, started, result));
+      piping = true;
     } catch (error) {
       failure = errorMessage(error);
       this.#log.warn("stream handler failed", { stream: stream.id, service, client, error: failure });
