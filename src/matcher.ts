@@ -19,7 +19,7 @@ import { errorMessage } from "./errors.ts";
 import { AllowList, RateLimiter } from "./limits.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
 import { Registry } from "./metrics.ts";
-import { pipe, type PipeResult } from "./pipe.ts";
+import { pipe } from "./pipe.ts";
 import { encodeFrame } from "./protocol/codec.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { FrameType } from "./protocol/frame.ts";
@@ -794,44 +794,32 @@ class MatcherServer implements Matcher {
     return pipe(conn, stream, {
       idleTimeout: this.#options.idleTimeout,
       pendingRead: early.takePendingRead(),
-    }).then((result) => this.#carried(conn, stream, session, relay, service, client, started, earlyBytes, result));
-  }
-
-  #carried(
-    conn: Conn,
-    stream: Stream,
-    session: Session,
-    relay: RelaySession,
-    service: string,
-    client: string,
-    started: number,
-    earlyBytes: number,
-    result: PipeResult,
-  ): void {
-    this.#clients.delete(conn);
-    try {
-      result.aToB += earlyBytes;
-      // Pool and event sessions carry one client.
-      if (session !== relay.session || relay.channel === "pool") session.goAway("done");
-      this.#bytes.inc({ direction: "up" }, result.aToB);
-      this.#bytes.inc({ direction: "down" }, result.bToA);
-      this.#streamsClosed.inc({ outcome: result.error ? "error" : "clean" });
-      const fields = {
-        client,
-        service: service === DEFAULT_SERVICE ? undefined : service,
-        relay: relay.address,
-        stream: stream.id,
-        up: formatBytes(result.aToB),
-        down: formatBytes(result.bToA),
-        time: formatDuration(Date.now() - started),
-        error: result.error ? errorMessage(result.error) : undefined,
-      };
-      if (result.error) this.#log.warn("client stream failed", fields);
-      else this.#log.info("client done", fields);
-    } catch (error) {
-      // Nothing awaits this: a failure here must not become an unhandled rejection.
-      this.#log.warn("client failed", { client, error: errorMessage(error) });
-    }
+    }).then((result) => {
+      this.#clients.delete(conn);
+      try {
+        result.aToB += earlyBytes;
+        // Pool and event sessions carry one client.
+        if (session !== relay.session || relay.channel === "pool") session.goAway("done");
+        this.#bytes.inc({ direction: "up" }, result.aToB);
+        this.#bytes.inc({ direction: "down" }, result.bToA);
+        this.#streamsClosed.inc({ outcome: result.error ? "error" : "clean" });
+        const fields = {
+          client,
+          service: service === DEFAULT_SERVICE ? undefined : service,
+          relay: relay.address,
+          stream: stream.id,
+          up: formatBytes(result.aToB),
+          down: formatBytes(result.bToA),
+          time: formatDuration(Date.now() - started),
+          error: result.error ? errorMessage(result.error) : undefined,
+        };
+        if (result.error) this.#log.warn("client stream failed", fields);
+        else this.#log.info("client done", fields);
+      } catch (error) {
+        // Nothing awaits this: a failure here must not become an unhandled rejection.
+        this.#log.warn("client failed", { client, error: errorMessage(error) });
+      }
+    });
   }
 
   /** Why a client from `address` is refused, or null to serve it. */
