@@ -519,16 +519,12 @@ class RelayClient extends EventTarget implements Relay {
       this.#log.warn("stream handler failed", { stream: stream.id, service, client, error: failure });
       stream.reset(`handler failed: ${failure}`);
     } finally {
-      if (!piping) {
-        this.#streams.delete(stream);
-        this.#emit("stream-close", { service, client, up: 0, down: 0, error: failure });
-      }
+      if (!piping) this.#closed(stream, service, client, 0, 0, failure);
     }
   }
 
   /** A stream piped to its destination ended: logs and reports it. */
   #served(stream: Stream, service: string, client: string | undefined, started: number, result: PipeResult): void {
-    this.#streams.delete(stream);
     const failure = result.error ? errorMessage(result.error) : undefined;
     try {
       const fields = {
@@ -543,8 +539,14 @@ class RelayClient extends EventTarget implements Relay {
       if (failure) this.#log.warn("stream failed", fields);
       else this.#log.debug("stream done", fields);
     } finally {
-      this.#emit("stream-close", { service, client, up: result.aToB, down: result.bToA, error: failure });
+      this.#closed(stream, service, client, result.aToB, result.bToA, failure);
     }
+  }
+
+  /** A served stream is over, however it ended: it leaves the open set and listeners hear of it. */
+  #closed(stream: Stream, service: string, client: string | undefined, up: number, down: number, error?: string): void {
+    this.#streams.delete(stream);
+    this.#emit("stream-close", { service, client, up, down, error });
   }
 
   /** Event channel: the matcher asks for a fresh session for one client. */
