@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { EMPTY, encodeFrame, FrameDecoder, readUint32, writeHeader, writeUint32 } from "../src/protocol/codec.ts";
+import {
+  EMPTY,
+  encodeFrame,
+  FrameDecoder,
+  JOIN_LIMIT,
+  readUint32,
+  writeHeader,
+  writeUint32,
+} from "../src/protocol/codec.ts";
 import { ProtocolError } from "../src/protocol/errors.ts";
 import {
   type Frame,
@@ -492,5 +500,70 @@ describe("splitTraffic", () => {
     assert.deepEqual(frames.find((f) => f.type === FrameType.WINDOW)!.payload, new Uint8Array([0, 0, 1, 0]));
     assert.equal(frames.filter((f) => f.streamId === 5).length, 1, "an empty TRAFFIC frame still arrives");
     assert.equal(decoder.buffered, 0);
+  });
+
+  test("consecutive TRAFFIC frames of one stream in a chunk arrive as one piece, with every stream's bytes in order", () => {
+    const small = [
+      pseudoRandomBytes(100, 3),
+      pseudoRandomBytes(200, 4),
+      pseudoRandomBytes(0, 5),
+      pseudoRandomBytes(300, 6),
+    ];
+    const big = pseudoRandomBytes(200_000, 7);
+    const wire = concat([
+      ...small.map((payload) => encodeFrame(FrameType.TRAFFIC, 1, payload)),
+      encodeFrame(FrameType.TRAFFIC, 3, pseudoRandomBytes(50, 8)),
+      encodeFrame(FrameType.TRAFFIC, 1, big),
+    ]);
+    const frames: Frame[] = [];
+    new FrameDecoder((frame) => frames.push(frame), { splitTraffic: true }).push(wire);
+    assert.deepEqual(frames.map((f) => [f.streamId, f.payload.length]), [[1, 600], [3, 50], [1, 200_000]]);
+    assert.ok(Buffer.from(frames[0].payload).equals(Buffer.concat(small)));
+    assert.ok(Buffer.from(frames[2].payload).equals(Buffer.from(big)), "the big payload is not moved or copied");
+
+    // A frame's last bytes at the start of a chunk join the next frame when they are the smaller side.
+    const split = concat([encodeFrame(FrameType.TRAFFIC, 1, big), encodeFrame(FrameType.TRAFFIC, 1, big)]);
+    const pieces: Frame[] = [];
+    const decoder = new FrameDecoder((frame) => pieces.push(frame), { splitTraffic: true });
+    const cut = 16 + big.length - 40;
+    decoder.push(split.slice(0, cut));
+    decoder.push(split.slice(cut));
+    assert.deepEqual(pieces.map((f) => f.payload.length), [big.length - 40, big.length + 40]);
+    assert.ok(Buffer.concat(pieces.map((f) => f.payload)).equals(Buffer.concat([big, big])));
+  });
+
+  test("joining never moves more than JOIN_LIMIT bytes, and any chunking gives each stream its exact bytes", () => {
+    const sizes = [1, 70, JOIN_LIMIT, JOIN_LIMIT + 1, 40_000, 0, 3, 100_000, 5];
+    const sent = new Map<number, Uint8Array[]>();
+    const parts: Uint8Array[] = [];
+    sizes.forEach((size, i) => {
+      const id = i % 3 === 2 ? 3 : 1;
+      const payload = pseudoRandomBytes(size, 10 + i);
+      sent.set(id, [...(sent.get(id) ?? []), payload]);
+      parts.push(encodeFrame(FrameType.TRAFFIC, id, payload));
+      if (i === 4) parts.push(encodeFrame(FrameType.WINDOW, 1, new Uint8Array([0, 0, 0, 9])));
+    });
+    const wire = concat(parts);
+    for (const step of [7, 1000, 16_400, 65_536, wire.length]) {
+      const got = new Map<number, Uint8Array[]>();
+      let windows = 0;
+      const decoder = new FrameDecoder((frame) => {
+        if (frame.type === FrameType.WINDOW) windows++;
+        else got.set(frame.streamId, [...(got.get(frame.streamId) ?? []), frame.payload.slice()]);
+      }, { splitTraffic: true });
+      for (let at = 0; at < wire.length; at += step) decoder.push(wire.slice(at, at + step));
+      for (const [id, payloads] of sent) {
+        assert.ok(Buffer.concat(got.get(id)!).equals(Buffer.concat(payloads)), `stream ${id}, chunks of ${step}`);
+      }
+      assert.equal(windows, 1);
+      assert.equal(decoder.buffered, 0);
+    }
+    // In one chunk: 1 and 70 bytes join; JOIN_LIMIT + 1 and 40,000 do not (either side moved would be over the
+    // limit); 3 and 100,000 join by moving the 3.
+    const whole: number[] = [];
+    new FrameDecoder((frame) => {
+      if (frame.type === FrameType.TRAFFIC && frame.streamId === 1) whole.push(frame.payload.length);
+    }, { splitTraffic: true }).push(wire);
+    assert.deepEqual(whole, [71, JOIN_LIMIT + 1, 40_000, 100_003]);
   });
 });
