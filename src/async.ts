@@ -1,5 +1,5 @@
 /**
- * Small promise helpers for timeouts and cancellable pauses.
+ * Small promise helpers: timeouts, cancellable pauses, promises made on demand.
  *
  * @module
  */
@@ -55,4 +55,53 @@ export function sleep(ms: number, cancel?: Promise<unknown>): Promise<void> {
       resolve();
     });
   });
+}
+
+/**
+ * A promise made only if someone asks for it, settled from outside. Most
+ * connections and streams end without anyone awaiting their end (or their
+ * acceptance), and an idle one holding an unused promise pays for it and
+ * its resolving functions.
+ */
+export class Deferred<T> {
+  #settled: { value: T } | { error: Error } | null = null;
+  #promise: Promise<T> | null = null;
+  #resolve: ((value: T) => void) | null = null;
+  #reject: ((error: Error) => void) | null = null;
+
+  /** The promise, made on first use; it settles as {@linkcode resolve} or {@linkcode reject} did or will. */
+  get promise(): Promise<T> {
+    if (this.#promise !== null) return this.#promise;
+    const settled = this.#settled;
+    if (settled === null) {
+      this.#promise = new Promise<T>((resolve, reject) => {
+        this.#resolve = resolve;
+        this.#reject = reject;
+      });
+    } else {
+      this.#promise = "error" in settled ? Promise.reject(settled.error) : Promise.resolve(settled.value);
+    }
+    return this.#promise;
+  }
+
+  /** Whether it was resolved or rejected. */
+  get settled(): boolean {
+    return this.#settled !== null;
+  }
+
+  /** Resolves with `value`, unless settled already. */
+  resolve(value: T): void {
+    if (this.#settled !== null) return;
+    this.#settled = { value };
+    this.#resolve?.(value);
+    this.#resolve = this.#reject = null;
+  }
+
+  /** Rejects with `error`, unless settled already. */
+  reject(error: Error): void {
+    if (this.#settled !== null) return;
+    this.#settled = { error };
+    this.#reject?.(error);
+    this.#resolve = this.#reject = null;
+  }
 }

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import type { Addr, Conn, Lender } from "../transport/types.ts";
 import { ConnectionClosedError } from "../transport/types.ts";
 import { ProtocolError, StreamResetError } from "./errors.ts";
@@ -116,24 +117,13 @@ export class Stream implements Conn {
   #released = false;
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
-  #resolveClosed!: () => void;
-  /** Resolves once both sides finished or the stream was reset. */
-  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  readonly #closed = new Deferred<void>();
 
   // Acknowledgement: the receiver answers CONNECT with a CONNECT once it is
   // ready (its destination connected), so the opener knows nothing was lost.
   readonly #openedHere: boolean;
   #acknowledged = false;
-  #resolveAccepted!: (meta: Record<string, unknown>) => void;
-  #rejectAccepted!: (error: Error) => void;
-  /**
-   * For a stream opened here: resolves with the peer's CONNECT metadata once
-   * it accepted the stream; rejects if it was reset first.
-   */
-  readonly accepted: Promise<Record<string, unknown>> = new Promise((resolve, reject) => {
-    this.#resolveAccepted = resolve;
-    this.#rejectAccepted = reject;
-  });
+  readonly #accepted = new Deferred<Record<string, unknown>>();
 
   /**
    * Made by a session for each stream; applications get streams from it.
@@ -160,7 +150,20 @@ export class Stream implements Conn {
     this.#sendCredit = sendWindow;
     this.meta = meta;
     this.#openedHere = openedHere;
-    this.accepted.catch(() => {}); // also reported by read() and write()
+  }
+
+  /** Resolves once both sides finished or the stream was reset. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
+
+  /**
+   * For a stream opened here: resolves with the peer's CONNECT metadata once
+   * it accepted the stream; rejects if it was reset first (which `read()` and
+   * `write()` report too).
+   */
+  get accepted(): Promise<Record<string, unknown>> {
+    return this.#accepted.promise;
   }
 
   /**
@@ -407,7 +410,7 @@ export class Stream implements Conn {
     }
     if (this.#acknowledged) throw new ProtocolError("bad-frame", `peer accepted stream ${this.id} twice`);
     this.#acknowledged = true;
-    this.#resolveAccepted(meta);
+    this.#accepted.resolve(meta);
   }
 
   /** The peer reset the stream (DISCONNECT). Bytes that arrived before stay readable. */
@@ -473,8 +476,8 @@ export class Stream implements Conn {
     }
     this.#host.release(this);
     if (!this.#acknowledged) {
-      this.#rejectAccepted(error ?? new ConnectionClosedError(`stream ${this.id} closed before it was accepted`));
+      this.#accepted.reject(error ?? new ConnectionClosedError(`stream ${this.id} closed before it was accepted`));
     }
-    this.#resolveClosed();
+    this.#closed.resolve();
   }
 }

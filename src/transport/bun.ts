@@ -17,6 +17,7 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import {
   checkFingerprint,
   checkListenTls,
@@ -35,7 +36,7 @@ import {
   type ListenOptions,
   type Transport,
 } from "./types.ts";
-import { Inbound, sharedReadBudget } from "./inbound.ts";
+import { Inbound, type InboundFlow, sharedReadBudget } from "./inbound.ts";
 
 /** The slice of a Bun socket this adapter uses. */
 export interface BunSocketLike {
@@ -122,22 +123,23 @@ interface HandshakeWatch {
 }
 
 /** One Bun socket as a {@linkcode Conn}. */
-class BunConn implements Conn {
+class BunConn implements Conn, InboundFlow {
   localAddr: Addr = { hostname: "", port: 0 };
   remoteAddr: Addr = { hostname: "", port: 0 };
   #socket: BunSocketLike | null = null;
-  readonly #inbound = new Inbound(READ_HIGH_WATER, {
-    pause: () => this.#socket?.pause(),
-    resume: () => this.#socket?.resume(),
-  }, sharedReadBudget);
+  // The connection is the queue's flow itself: no object and closures per connection.
+  readonly #inbound: Inbound = new Inbound(READ_HIGH_WATER, this, sharedReadBudget);
   #unwritten: Uint8Array | null = null;
   #writer: Waiter<void> | null = null;
   #finRequested = false;
   #finSent = false;
   #closedLocally = false;
   #done = false;
-  #resolveClosed!: () => void;
-  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  readonly #closed = new Deferred<void>();
+  /** Resolves once the connection is fully closed, however that happened; made on first use. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
   /** Set while a TLS handshake is awaited. */
   watch: HandshakeWatch | null = null;
   /** Whether this is a TLS socket. */
@@ -195,6 +197,18 @@ class BunConn implements Conn {
     this.#inbound.closeLocally();
     this.#socket?.terminate();
     this.#release("connection closed");
+  }
+
+  // ---- InboundFlow ----
+
+  /** The reader is behind: stop reading the socket. */
+  pause(): void {
+    this.#socket?.pause();
+  }
+
+  /** The reader caught up: read the socket again. */
+  resume(): void {
+    this.#socket?.resume();
   }
 
   // ---- Socket events ----
@@ -300,7 +314,7 @@ class BunConn implements Conn {
     if (this.#done) return;
     this.#done = true;
     this.#fail(reason);
-    this.#resolveClosed();
+    this.#closed.resolve();
   }
 }
 

@@ -11,8 +11,9 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import { acceptInBackground } from "./accept.ts";
-import { Inbound, sharedReadBudget } from "./inbound.ts";
+import { Inbound, type InboundFlow, sharedReadBudget } from "./inbound.ts";
 import { MAX_READ, ReadBuffers } from "./read_buffers.ts";
 import type { NodeTlsLike } from "./node_tls.ts";
 import { checkListenTls, DEFAULT_HANDSHAKE_TIMEOUT, importNodeTls, tlsVerification } from "./tls.ts";
@@ -76,21 +77,25 @@ function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-class DenoConn implements Conn {
+class DenoConn implements Conn, InboundFlow {
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
   readonly #conn: DenoConnLike;
   // Pausing is the read loop stopping while the queue says so (full, or past the
-  // shared budget with no reader waiting); resuming starts it again.
-  readonly #inbound = new Inbound(READ_AHEAD, { pause() {}, resume: () => this.#readAhead() }, sharedReadBudget);
+  // shared budget with no reader waiting); resuming starts it again. The
+  // connection is the queue's flow itself: no object and closures per connection.
+  readonly #inbound: Inbound = new Inbound(READ_AHEAD, this, sharedReadBudget);
   #reading = false;
   #readSize = MIN_READ;
   /** Where reads land; chunks lent by {@linkcode readBorrowed} let their memory be read into again. */
   readonly #buffers = new ReadBuffers();
   #wroteFin = false;
   #done = false;
-  #resolveClosed!: () => void;
-  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  readonly #closed = new Deferred<void>();
+  /** Resolves once the connection is fully closed, however that happened; made on first use. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
 
   constructor(conn: DenoConnLike) {
     this.#conn = conn;
@@ -119,6 +124,14 @@ class DenoConn implements Conn {
 
   giveBack(chunk: Uint8Array): void {
     this.#buffers.giveBack(chunk);
+  }
+
+  /** {@linkcode InboundFlow}: the read loop checks the queue before each read, so nothing to do here. */
+  pause(): void {}
+
+  /** {@linkcode InboundFlow}: the reader caught up; read again. */
+  resume(): void {
+    this.#readAhead();
   }
 
   #next(): Promise<Uint8Array | null> {
@@ -216,7 +229,7 @@ class DenoConn implements Conn {
     } catch {
       // Already closed by the runtime.
     }
-    this.#resolveClosed();
+    this.#closed.resolve();
   }
 }
 

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import {
   type Addr,
   type Conn,
@@ -91,8 +92,11 @@ class MemoryConn implements Conn {
   readonly #inbound: Pipe;
   readonly #outbound: Pipe;
   #done = false;
-  #resolveClosed!: () => void;
-  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  readonly #closed = new Deferred<void>();
+  /** Resolves once the connection is fully closed, however that happened; made on first use. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
 
   constructor(readonly localAddr: Addr, readonly remoteAddr: Addr, inbound: Pipe, outbound: Pipe) {
     this.#inbound = inbound;
@@ -133,7 +137,7 @@ class MemoryConn implements Conn {
   #finish(): void {
     if (this.#done) return;
     this.#done = true;
-    this.#resolveClosed();
+    this.#closed.resolve();
   }
 }
 

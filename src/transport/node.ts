@@ -18,6 +18,7 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import * as netModule from "node:net";
 import * as tlsModule from "node:tls";
 import { ReadyQueue } from "./accept.ts";
@@ -142,8 +143,11 @@ class NodeConn implements Conn {
   #closedLocally = false;
   #destroying = false;
   #done = false;
-  #resolveClosed!: () => void;
-  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  readonly #closed = new Deferred<void>();
+  /** Resolves once the connection is fully closed, however that happened; made on first use. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
 
   constructor(socket: NodeSocketLike) {
     this.#socket = socket;
@@ -311,7 +315,7 @@ class NodeConn implements Conn {
     if (this.#done) return;
     this.#done = true;
     this.#fail(reason);
-    this.#resolveClosed();
+    this.#closed.resolve();
   }
 }
 

@@ -30,6 +30,7 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import { createPublicKey, X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import { type Addr, type Conn, ConnectionClosedError, type ConnectOptions, type TlsConnectOptions } from "./types.ts";
@@ -140,8 +141,11 @@ class NodeTlsConn implements Conn {
   #finSent = false;
   #closedLocally = false;
   #done = false;
-  #resolveClosed!: () => void;
-  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  readonly #closed = new Deferred<void>();
+  /** Resolves once the connection is fully closed, however that happened; made on first use. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
 
   constructor(inner: Conn) {
     this.#inner = inner;
@@ -265,7 +269,7 @@ class NodeTlsConn implements Conn {
     this.#done = true;
     this.#fail(reason);
     this.#wake();
-    this.#resolveClosed();
+    this.#closed.resolve();
   }
 }
 

@@ -24,6 +24,7 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import { acceptInBackground } from "./accept.ts";
 import {
   type Addr,
@@ -223,9 +224,11 @@ export class WebSocketConn implements Conn {
   #writesInFlight = 0;
   #pongPayload: Uint8Array | null = null;
   #pings: Array<{ payload: Uint8Array; resolve(): void; reject(error: Error): void }> = [];
-  #resolveClosed!: () => void;
-  /** Resolves once the connection is fully closed, however that happened. */
-  readonly closed: Promise<void> = new Promise((resolve) => this.#resolveClosed = resolve);
+  readonly #closed = new Deferred<void>();
+  /** Resolves once the connection is fully closed, however that happened; made on first use. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
 
   /**
    * Use {@linkcode wsAccept} or {@linkcode wsConnect} rather than this.
@@ -570,7 +573,7 @@ export class WebSocketConn implements Conn {
     if (this.#done) return;
     this.#done = true;
     this.#failPings(new ConnectionClosedError("connection closed"));
-    this.#resolveClosed();
+    this.#closed.resolve();
   }
 }
 
