@@ -5,7 +5,7 @@
  */
 
 import { formatDuration } from "./log.ts";
-import { type Conn, lends } from "./transport/types.ts";
+import { type Conn, type Lender, lends } from "./transport/types.ts";
 
 /** Bytes moved by {@linkcode pipe}, each way. */
 export interface PipeResult {
@@ -29,37 +29,7 @@ export interface PipeResult {
  * @returns bytes copied each way, and the error that ended it, if any
  */
 export function pipe(a: Conn, b: Conn, options: PipeOptions = {}): Promise<PipeResult> {
-  const result: PipeResult = { aToB: 0, bToA: 0, error: null };
-  const fail = (error: unknown) => {
-    if (result.error === null) result.error = error instanceof Error ? error : new Error(String(error));
-    a.reset();
-    b.reset();
-  };
-  let active = Date.now();
-  const idle = options.idleTimeout ?? 0;
-  // One coarse timer per pipe instead of resetting a timer on every chunk.
-  const timer = idle > 0
-    ? setInterval(() => {
-      if (Date.now() - active >= idle) fail(new Error(`idle for ${formatDuration(idle)}`));
-    }, Math.max(50, idle / 4))
-    : null;
-  const moved = idle > 0
-    ? (n: number) => {
-      active = Date.now();
-      return n;
-    }
-    : (n: number) => n;
-  // Not an async function: a pipe waiting on idle peers holds two suspended
-  // copies, not a third frame waiting on them.
-  return Promise.all([
-    copy(a, b, (n) => result.aToB += moved(n), options.pendingRead).catch(fail),
-    copy(b, a, (n) => result.bToA += moved(n)).catch(fail),
-  ]).then(() => {
-    if (timer !== null) clearInterval(timer);
-    a.close();
-    b.close();
-    return result;
-  });
+  return new Promise((resolve) => new Pipe(a, b, options, resolve));
 }
 
 /** Options of {@linkcode pipe}. */
@@ -70,21 +40,122 @@ export interface PipeOptions {
   pendingRead?: Promise<Uint8Array | null>;
 }
 
-/** Copies `from` into `to` until end of input, then half-closes `to`. */
-async function copy(
-  from: Conn,
-  to: Conn,
-  count: (n: number) => void,
-  pendingRead?: Promise<Uint8Array | null>,
-): Promise<void> {
-  // A resolved write holds no reference to its chunk, so chunks can be borrowed.
-  const lender = lends(from) ? from : null;
-  for (;;) {
-    const chunk = await (pendingRead ?? (lender ? lender.readBorrowed() : from.read()));
-    pendingRead = undefined;
-    if (chunk === null) return to.closeWrite();
-    await to.write(chunk);
-    lender?.giveBack(chunk);
-    count(chunk.length);
+// The pipe and its two copies run on callbacks bound once, not on async
+// functions: an idle pipe then holds its objects and one pending read each way,
+// not two suspended frames with the promises and closures of their awaits.
+
+/** Both directions of one {@linkcode pipe}, and what they moved. */
+class Pipe {
+  readonly #a: Conn;
+  readonly #b: Conn;
+  readonly #resolve: (result: PipeResult) => void;
+  readonly #aToB: Copy;
+  readonly #bToA: Copy;
+  #error: Error | null = null;
+  #running = 2;
+  /** When a byte last moved, if an idle timeout is set. */
+  active = 0;
+  readonly #timer: ReturnType<typeof setInterval> | null = null;
+
+  constructor(a: Conn, b: Conn, options: PipeOptions, resolve: (result: PipeResult) => void) {
+    this.#a = a;
+    this.#b = b;
+    this.#resolve = resolve;
+    const idle = options.idleTimeout ?? 0;
+    if (idle > 0) {
+      this.active = Date.now();
+      // One coarse timer per pipe instead of resetting a timer on every chunk.
+      this.#timer = setInterval(() => {
+        if (Date.now() - this.active >= idle) this.fail(new Error(`idle for ${formatDuration(idle)}`));
+      }, Math.max(50, idle / 4));
+    }
+    this.#aToB = new Copy(this, a, b, idle > 0);
+    this.#bToA = new Copy(this, b, a, idle > 0);
+    this.#aToB.start(options.pendingRead);
+    this.#bToA.start();
   }
+
+  /** Ends the pipe with `error` (the first one counts): both ends are reset. */
+  fail(error: unknown): void {
+    if (this.#error === null) this.#error = error instanceof Error ? error : new Error(String(error));
+    this.#a.reset();
+    this.#b.reset();
+  }
+
+  /** One direction ended (cleanly or not); after both, the pipe resolves. */
+  copyDone(): void {
+    if (--this.#running > 0) return;
+    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#a.close();
+    this.#b.close();
+    this.#resolve({ aToB: this.#aToB.moved, bToA: this.#bToA.moved, error: this.#error });
+  }
+}
+
+/** Copies `from` into `to` until end of input, then half-closes `to`. */
+class Copy {
+  readonly #pipe: Pipe;
+  readonly #from: Conn;
+  readonly #to: Conn;
+  /** Set if `from` lends its chunks: a resolved write holds no reference to its chunk, so chunks can be borrowed. */
+  readonly #lender: Lender | null;
+  readonly #timed: boolean;
+  #chunk: Uint8Array | null = null;
+  /** Bytes copied so far. */
+  moved = 0;
+
+  constructor(pipe: Pipe, from: Conn, to: Conn, timed: boolean) {
+    this.#pipe = pipe;
+    this.#from = from;
+    this.#to = to;
+    this.#lender = lends(from) ? from : null;
+    this.#timed = timed;
+  }
+
+  /** Starts copying, with `pendingRead` (a read of `from` under way) as the first chunk if given. */
+  start(pendingRead?: Promise<Uint8Array | null>): void {
+    if (pendingRead === undefined) return this.#read();
+    pendingRead.then(this.#onChunk, this.#onError);
+  }
+
+  #read(): void {
+    let next: Promise<Uint8Array | null>;
+    try {
+      next = this.#lender !== null ? this.#lender.readBorrowed() : this.#from.read();
+    } catch (error) {
+      return this.#onError(error);
+    }
+    next.then(this.#onChunk, this.#onError);
+  }
+
+  readonly #onChunk = (chunk: Uint8Array | null): void => {
+    let written: Promise<void>;
+    try {
+      if (chunk === null) {
+        this.#to.closeWrite().then(this.#onEnd, this.#onError);
+        return;
+      }
+      this.#chunk = chunk;
+      written = this.#to.write(chunk);
+    } catch (error) {
+      return this.#onError(error);
+    }
+    written.then(this.#onWritten, this.#onError);
+  };
+
+  readonly #onWritten = (): void => {
+    const chunk = this.#chunk!;
+    this.#chunk = null;
+    this.#lender?.giveBack(chunk);
+    this.moved += chunk.length;
+    if (this.#timed) this.#pipe.active = Date.now();
+    this.#read();
+  };
+
+  readonly #onEnd = (): void => this.#pipe.copyDone();
+
+  readonly #onError = (error: unknown): void => {
+    this.#pipe.fail(error);
+    this.#pipe.copyDone();
+  };
 }
