@@ -23,7 +23,11 @@ export class EarlyData {
   #chunks: Uint8Array[] = [];
   #bytes = 0;
   #ended = false;
-  #pending: Promise<ReadOutcome> | null = null;
+  /** The client read under way, until its outcome is used or it is handed over. */
+  #pending: Promise<Uint8Array | null> | null = null;
+  #outcome: ReadOutcome | null = null;
+  /** Wakes `send()` once the read completes or the stream is answered. */
+  #wake: (() => void) | null = null;
 
   /**
    * @param client the client connection; only this reads from it until the stream is accepted
@@ -48,23 +52,30 @@ export class EarlyData {
    */
   async send(stream: Stream): Promise<Error | null> {
     const refusal = stream.accepted.then(() => null, (error: Error) => error);
-    const answered = refusal.then((refused) => ({ refused }));
+    let answered = false;
+    refusal.then(() => {
+      answered = true;
+      this.#wake?.();
+    });
     try {
       for (const chunk of this.#chunks) await stream.write(chunk);
       if (this.#ended) await stream.closeWrite();
       while (!this.#ended && this.#bytes < this.#limit) {
-        this.#pending ??= this.#client.read().then((chunk) => ({ chunk }), (error) => ({ error }));
-        const next = await Promise.race([answered, this.#pending]);
-        if ("refused" in next) return next.refused;
+        if (this.#pending === null) this.#read();
+        if (!answered && this.#outcome === null) await new Promise<void>((resolve) => this.#wake = resolve);
+        this.#wake = null;
+        if (answered) return await refusal;
+        const outcome = this.#outcome!;
+        this.#outcome = null;
         this.#pending = null;
-        if ("error" in next) throw next.error;
-        if (next.chunk === null) {
+        if ("error" in outcome) throw outcome.error;
+        if (outcome.chunk === null) {
           this.#ended = true;
           await stream.closeWrite();
         } else {
-          this.#chunks.push(next.chunk);
-          this.#bytes += next.chunk.length;
-          await stream.write(next.chunk);
+          this.#chunks.push(outcome.chunk);
+          this.#bytes += outcome.chunk.length;
+          await stream.write(outcome.chunk);
         }
       }
     } catch (error) {
@@ -83,11 +94,28 @@ export class EarlyData {
   takePendingRead(): Promise<Uint8Array | null> | undefined {
     this.#chunks = [];
     const pending = this.#pending;
+    const outcome = this.#outcome;
     this.#pending = null;
+    this.#outcome = null;
+    if (outcome !== null) return "error" in outcome ? Promise.reject(outcome.error) : Promise.resolve(outcome.chunk);
     if (pending === null) return this.#ended ? Promise.resolve(null) : undefined;
-    return pending.then((outcome) => {
-      if ("error" in outcome) throw outcome.error;
-      return outcome.chunk;
-    });
+    // Handed over as it is: #read's handlers on it keep a failure from going unhandled.
+    return pending;
+  }
+
+  #read(): void {
+    this.#pending = this.#client.read();
+    this.#pending.then(this.#onChunk, this.#onError);
+  }
+
+  // Bound once: an idle client's read holds these, not a chain of wrappers.
+  readonly #onChunk = (chunk: Uint8Array | null): void => this.#settle({ chunk });
+  readonly #onError = (error: unknown): void => this.#settle({ error });
+
+  #settle(outcome: ReadOutcome): void {
+    // Handed over already: the pipe has it.
+    if (this.#pending === null) return;
+    this.#outcome = outcome;
+    this.#wake?.();
   }
 }

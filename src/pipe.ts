@@ -132,7 +132,8 @@ class Copy {
     let written: Promise<void>;
     try {
       if (chunk === null) {
-        this.#to.closeWrite().then(this.#onEnd, this.#onError);
+        // Made here, once per copy: an idle copy holds no closure for its end.
+        this.#to.closeWrite().then(() => this.#pipe.copyDone(), this.#onError);
         return;
       }
       this.#chunk = chunk;
@@ -151,8 +152,6 @@ class Copy {
     if (this.#timed) this.#pipe.active = Date.now();
     this.#read();
   };
-
-  readonly #onEnd = (): void => this.#pipe.copyDone();
 
   readonly #onError = (error: unknown): void => {
     this.#pipe.fail(error);
