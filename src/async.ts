@@ -64,10 +64,16 @@ export function sleep(ms: number, cancel?: Promise<unknown>): Promise<void> {
  * its resolving functions.
  */
 export class Deferred<T> {
+  readonly #quiet: boolean;
   #settled: { value: T } | { error: Error } | null = null;
   #promise: Promise<T> | null = null;
   #resolve: ((value: T) => void) | null = null;
   #reject: ((error: Error) => void) | null = null;
+
+  /** @param quiet whether a rejection nobody handles goes unreported (it is reported some other way) */
+  constructor(quiet = false) {
+    this.#quiet = quiet;
+  }
 
   /** The promise, made on first use; it settles as {@linkcode resolve} or {@linkcode reject} did or will. */
   get promise(): Promise<T> {
@@ -81,6 +87,7 @@ export class Deferred<T> {
     } else {
       this.#promise = "error" in settled ? Promise.reject(settled.error) : Promise.resolve(settled.value);
     }
+    if (this.#quiet) this.#promise.catch(() => {});
     return this.#promise;
   }
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import process from "node:process";
 import { Deferred } from "../src/async.ts";
 
 describe("Deferred", () => {
@@ -26,5 +27,21 @@ describe("Deferred", () => {
     deferred.resolve("accepted");
     await assert.rejects(promise, /closed before it was accepted/);
     assert.equal(deferred.promise, promise);
+  });
+
+  test("quiet: a rejection nobody handles is not reported; the promise still rejects", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (event: unknown) => unhandled.push(event);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      const quiet = new Deferred<void>(true);
+      void quiet.promise;
+      quiet.reject(new Error("refused"));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.deepEqual(unhandled, []);
+      await assert.rejects(quiet.promise, /refused/);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
   });
 });

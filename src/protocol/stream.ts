@@ -123,7 +123,8 @@ export class Stream implements Conn {
   // ready (its destination connected), so the opener knows nothing was lost.
   readonly #openedHere: boolean;
   #acknowledged = false;
-  readonly #accepted = new Deferred<Record<string, unknown>>();
+  // Quiet: a refusal is reported by read() and write() too.
+  readonly #accepted = new Deferred<Record<string, unknown>>(true);
 
   /**
    * Made by a session for each stream; applications get streams from it.
