@@ -566,4 +566,38 @@ describe("splitTraffic", () => {
     }, { splitTraffic: true }).push(wire);
     assert.deepEqual(whole, [71, JOIN_LIMIT + 1, 40_000, 100_003]);
   });
+
+  test("random frames of three streams in random chunks: every stream gets exactly its bytes, in order", () => {
+    const random = pseudoRandomBytes(4096, 99);
+    let at = 0;
+    const next = (n: number) => ((random[at++ % random.length] << 8) | random[at++ % random.length]) % n;
+    const sizes = [0, 1, 15, 16, 17, 1000, JOIN_LIMIT - 1, JOIN_LIMIT, JOIN_LIMIT + 1, 40_000];
+    const sent = new Map<number, Uint8Array[]>();
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < 300; i++) {
+      const id = [1, 3, 5][next(3)];
+      if (next(8) === 0) {
+        parts.push(encodeFrame(FrameType.WINDOW, id, new Uint8Array([0, 0, 1, 0])));
+        continue;
+      }
+      const payload = pseudoRandomBytes(sizes[next(sizes.length)], 1000 + i);
+      sent.set(id, [...(sent.get(id) ?? []), payload]);
+      parts.push(encodeFrame(FrameType.TRAFFIC, id, payload));
+    }
+    const wire = concat(parts);
+    const got = new Map<number, Uint8Array[]>();
+    const decoder = new FrameDecoder((frame) => {
+      if (frame.type !== FrameType.TRAFFIC) return;
+      got.set(frame.streamId, [...(got.get(frame.streamId) ?? []), frame.payload.slice()]);
+    }, { splitTraffic: true });
+    for (let offset = 0; offset < wire.length;) {
+      const length = 1 + next(70_000);
+      decoder.push(wire.slice(offset, offset + length));
+      offset += length;
+    }
+    for (const [id, payloads] of sent) {
+      assert.ok(Buffer.concat(got.get(id)!).equals(Buffer.concat(payloads)), `stream ${id}`);
+    }
+    assert.equal(decoder.buffered, 0);
+  });
 });
