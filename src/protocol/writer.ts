@@ -15,8 +15,12 @@ import { HEADER_LENGTH } from "./frame.ts";
 // Small to start: with a session per client (pool, event) a matcher and a
 // relay hold thousands of writers, and a busy one grows its two buffers to
 // fit. 1 KiB holds a handshake and a few control frames; against 4 KiB it cut
-// an idle `event` client from 51 to 35 KiB (Bun, 5,000 clients).
+// an idle `event` client from 51 to 35 KiB (Bun, 5,000 clients). Buffers no
+// larger than this are let go whenever the writer is idle: making one again
+// costs far less than the write it is for, and an idle writer then holds none.
 const INITIAL_BUFFER = 1024;
+/** No buffer: the next frame makes one. */
+const NONE = new Uint8Array(0);
 
 /**
  * Payloads at least this long are written from the caller's buffer rather than
@@ -36,10 +40,10 @@ export class FrameWriter {
   readonly #conn: Conn;
   readonly #highWater: number;
   readonly #onError: (error: unknown) => void;
-  #fill = new Uint8Array(INITIAL_BUFFER);
+  #fill = NONE;
   #fillLength = 0;
   #fillCuts: Cut[] = [];
-  #spare = new Uint8Array(INITIAL_BUFFER);
+  #spare = NONE;
   /** Bytes ever queued, and ever handed to the connection: positions in the output. */
   #queued = 0;
   #written = 0;
@@ -119,7 +123,7 @@ export class FrameWriter {
   #reserve(size: number): number {
     const at = this.#fillLength;
     if (at + size > this.#fill.length) {
-      const grown = new Uint8Array(Math.max(this.#fill.length * 2, at + size));
+      const grown = new Uint8Array(Math.max(this.#fill.length * 2, at + size, INITIAL_BUFFER));
       grown.set(this.#fill.subarray(0, at));
       this.#fill = grown;
     }
@@ -159,6 +163,8 @@ export class FrameWriter {
       this.#onError(error);
     } finally {
       this.#writing = false;
+      if (this.#spare.length <= INITIAL_BUFFER) this.#spare = NONE;
+      if (this.#fillLength === 0 && this.#fill.length <= INITIAL_BUFFER) this.#fill = NONE;
       this.#wake();
     }
   }
