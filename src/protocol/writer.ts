@@ -1,9 +1,10 @@
 /**
  * Coalescing frame writer: headers and small frames are encoded straight into
  * one of two buffers; while one is being written to the connection the next
- * fills up, so a burst of small frames costs one write and steady state
- * allocates nothing. Large payloads are not copied: they are written from the
- * caller's buffer, between the bytes queued before and after them.
+ * fills up, so a burst of small frames costs one write, and buffers that grew
+ * are reused (small ones are let go while the writer is idle). Large payloads
+ * are not copied: they are written from the caller's buffer, between the bytes
+ * queued before and after them.
  *
  * @module
  */
