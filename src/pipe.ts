@@ -54,7 +54,7 @@ class Pipe {
   #error: Error | null = null;
   #running = 2;
   /** When a byte last moved, if an idle timeout is set. */
-  active = 0;
+  #active = 0;
   readonly #timer: ReturnType<typeof setInterval> | null = null;
 
   constructor(a: Conn, b: Conn, options: PipeOptions, resolve: (result: PipeResult) => void) {
@@ -63,16 +63,21 @@ class Pipe {
     this.#resolve = resolve;
     const idle = options.idleTimeout ?? 0;
     if (idle > 0) {
-      this.active = Date.now();
+      this.#active = Date.now();
       // One coarse timer per pipe instead of resetting a timer on every chunk.
       this.#timer = setInterval(() => {
-        if (Date.now() - this.active >= idle) this.fail(new Error(`idle for ${formatDuration(idle)}`));
+        if (Date.now() - this.#active >= idle) this.fail(new Error(`idle for ${formatDuration(idle)}`));
       }, Math.max(50, idle / 4));
     }
-    this.#aToB = new Copy(this, a, b, idle > 0);
-    this.#bToA = new Copy(this, b, a, idle > 0);
+    this.#aToB = new Copy(this, a, b);
+    this.#bToA = new Copy(this, b, a);
     this.#aToB.start(options.pendingRead);
     this.#bToA.start();
+  }
+
+  /** A chunk went through: the idle timeout starts over. */
+  moved(): void {
+    if (this.#timer !== null) this.#active = Date.now();
   }
 
   /** Ends the pipe with `error` (the first one counts): both ends are reset. */
@@ -99,17 +104,15 @@ class Copy {
   readonly #to: Conn;
   /** Set if `from` lends its chunks: a resolved write holds no reference to its chunk, so chunks can be borrowed. */
   readonly #lender: Lender | null;
-  readonly #timed: boolean;
   #chunk: Uint8Array | null = null;
   /** Bytes copied so far. */
   moved = 0;
 
-  constructor(pipe: Pipe, from: Conn, to: Conn, timed: boolean) {
+  constructor(pipe: Pipe, from: Conn, to: Conn) {
     this.#pipe = pipe;
     this.#from = from;
     this.#to = to;
     this.#lender = lends(from) ? from : null;
-    this.#timed = timed;
   }
 
   /** Starts copying, with `pendingRead` (a read of `from` under way) as the first chunk if given. */
@@ -149,7 +152,7 @@ class Copy {
     this.#chunk = null;
     this.#lender?.giveBack(chunk);
     this.moved += chunk.length;
-    if (this.#timed) this.#pipe.active = Date.now();
+    this.#pipe.moved();
     this.#read();
   };
 

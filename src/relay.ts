@@ -13,7 +13,7 @@
  * @module
  */
 
-import { sleep, waitUntil, withTimeout } from "./async.ts";
+import { Deferred, sleep, waitUntil, withTimeout } from "./async.ts";
 import { answerChallenge, AUTH_CONTEXT } from "./auth.ts";
 import type { Channel, ProxyVersion, ServiceEntry } from "./config.ts";
 import { errorMessage } from "./errors.ts";
@@ -177,8 +177,7 @@ class RelayClient extends EventTarget implements Relay {
   #failedStreams = 0;
   #stopping = false;
   #warnedNoAuth = false;
-  #resolveStop!: () => void;
-  readonly #stopped = new Promise<void>((resolve) => this.#resolveStop = resolve);
+  readonly #stopped = new Deferred<void>();
   readonly #slots: Promise<void>[] = [];
 
   constructor(options: RelayOptions) {
@@ -282,7 +281,7 @@ class RelayClient extends EventTarget implements Relay {
   async close(drainTimeout = 0): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
-    this.#resolveStop();
+    this.#stopped.resolve();
     const sessions = [...this.#sessions, ...this.#dataSessions];
     for (const session of sessions) session.goAway("relay shutting down");
     if (this.#streams.size > 0) {
@@ -316,7 +315,7 @@ class RelayClient extends EventTarget implements Relay {
             error: errorMessage(error),
           });
         }
-        return sleep(pause, this.#stopped).then(() => null);
+        return sleep(pause, this.#stopped.promise).then(() => null);
       });
       if (session === null) continue;
       if (this.#stopping) {
@@ -336,7 +335,7 @@ class RelayClient extends EventTarget implements Relay {
       const lasted = Date.now() - session.stats().since;
       failures = lasted >= STABLE_SESSION ? 0 : failures + 1;
       const pause = failures === 0 ? 0 : backoffDelay(failures, this.#options.reconnectMax ?? 30_000);
-      if (pause > 0) await sleep(pause, this.#stopped);
+      if (pause > 0) await sleep(pause, this.#stopped.promise);
     }
   }
 

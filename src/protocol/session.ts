@@ -6,6 +6,7 @@
  * @module
  */
 
+import { Deferred } from "../async.ts";
 import { errorMessage, toError } from "../errors.ts";
 import { formatDuration } from "../log.ts";
 import { type Addr, type Conn, ConnectionClosedError, lends } from "../transport/types.ts";
@@ -208,20 +209,22 @@ export class Session implements StreamHost {
   #closeReason = "";
   #drainReason = "";
   readonly #maxPayload: number;
-  #resolvePeerEnded!: () => void;
-  readonly #peerEnded = new Promise<void>((resolve) => this.#resolvePeerEnded = resolve);
+  /** The peer's end of the connection was read (a graceful close waits for it). */
+  readonly #peerEnded = new Deferred<void>();
   #closeError: Error | null = null;
-  #resolveReady!: (hello: Hello) => void;
-  #rejectReady!: (error: Error) => void;
-  #resolveClosed!: (reason: string) => void;
+  // Quiet: a failed handshake is observed through `closed` too.
+  readonly #ready = new Deferred<Hello>(true);
+  readonly #closed = new Deferred<string>();
 
   /** Resolves with the peer's HELLO once the handshake is complete; rejects if the session ends first. */
-  readonly ready: Promise<Hello> = new Promise((resolve, reject) => {
-    this.#resolveReady = resolve;
-    this.#rejectReady = reject;
-  });
+  get ready(): Promise<Hello> {
+    return this.#ready.promise;
+  }
+
   /** Resolves with the reason once the session has ended. */
-  readonly closed: Promise<string> = new Promise((resolve) => this.#resolveClosed = resolve);
+  get closed(): Promise<string> {
+    return this.#closed.promise;
+  }
 
   /**
    * Starts a session over `conn`: reads at once and, as the dialer, sends HELLO.
@@ -254,7 +257,6 @@ export class Session implements StreamHost {
       maxPayload: this.#maxPayload,
       splitTraffic: true,
     });
-    this.ready.catch(() => {}); // observed through `closed` too
     const handshakeTimeout = options.handshakeTimeout ?? SESSION_DEFAULTS.handshakeTimeout;
     if (handshakeTimeout > 0) {
       this.#handshakeTimer = setTimeout(() => {
@@ -400,7 +402,7 @@ export class Session implements StreamHost {
       if (error instanceof ProtocolError) this.#fail(error);
       else this.#end(`connection lost: ${errorMessage(error)}`, toError(error));
     }
-    this.#resolvePeerEnded();
+    this.#peerEnded.resolve();
   }
 
   #dispatch(frame: Frame): void {
@@ -579,7 +581,7 @@ export class Session implements StreamHost {
     this.#state = "open";
     if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
     this.#startHeartbeat();
-    this.#resolveReady(this.#peerHello!);
+    this.#ready.resolve(this.#peerHello!);
   }
 
   #acceptStream(id: number, payload: Uint8Array): void {
@@ -674,13 +676,13 @@ export class Session implements StreamHost {
     const streamError = new ConnectionClosedError(`session closed: ${reason}`);
     for (const stream of [...this.#streams.values()]) stream.abort(streamError);
     this.#streams.clear();
-    if (!wasOpen) this.#rejectReady(new Error(`session ended before the handshake completed: ${reason}`));
+    if (!wasOpen) this.#ready.reject(new Error(`session ended before the handshake completed: ${reason}`));
     if (graceful) {
       // Never wait long on a stuck peer.
       const timer = setTimeout(() => this.#conn.close(), LINGER);
       this.writer.flushed()
         .then(() => this.#conn.closeWrite())
-        .then(() => this.#peerEnded)
+        .then(() => this.#peerEnded.promise)
         .finally(() => {
           clearTimeout(timer);
           this.#conn.close();
@@ -688,7 +690,7 @@ export class Session implements StreamHost {
     } else {
       this.#conn.close();
     }
-    this.#resolveClosed(reason);
+    this.#closed.resolve(reason);
   }
 }
 
