@@ -10,7 +10,7 @@ import { Inbound, ReadBudget, sharedReadBudget } from "../src/transport/inbound.
 import { memoryTransport } from "../src/transport/memory.ts";
 import type { Conn } from "../src/transport/types.ts";
 import { testCerts } from "./_certs.ts";
-import { delay, pseudoRandomBytes, readAll, settlesWithin, tcp, waitFor, writeAll } from "./_helpers.ts";
+import { delay, pseudoRandomBytes, readAll, runtime, settlesWithin, tcp, waitFor, writeAll } from "./_helpers.ts";
 
 /** A stand-in socket: records whether it was asked to pause. */
 class Flow {
@@ -69,6 +69,31 @@ describe("inbound queue and its read budget", () => {
     assert.equal(stalled.flow.paused, false, "drained: reading again");
   });
 
+  test("lends only the chunks readBorrowed handed out, and takes each back once", async () => {
+    const { inbound } = queue(1000);
+    const [queuedLent, queuedKept, awaitedLent, awaitedKept] = [1, 2, 3, 4].map((n) => new Uint8Array(n));
+    inbound.push(queuedLent);
+    inbound.push(queuedKept);
+    assert.equal(await inbound.readBorrowed(), queuedLent);
+    assert.equal(await inbound.read(), queuedKept);
+    const borrowing = inbound.readBorrowed();
+    inbound.push(awaitedLent);
+    assert.equal(await borrowing, awaitedLent);
+    const keeping = inbound.read();
+    inbound.push(awaitedKept);
+    assert.equal(await keeping, awaitedKept);
+
+    assert.equal(inbound.giveBack(queuedKept), false, "a chunk from read() is its reader's");
+    assert.equal(
+      inbound.giveBack(awaitedKept),
+      false,
+      "a reader waiting in read() after a borrowing one keeps its chunk",
+    );
+    assert.equal(inbound.giveBack(queuedLent), true);
+    assert.equal(inbound.giveBack(awaitedLent), true);
+    assert.equal(inbound.giveBack(queuedLent), false, "a second give-back");
+  });
+
   test("closing a queue gives its bytes back to the budget", () => {
     const budget = new ReadBudget(100);
     const { inbound } = queue(1000, budget);
@@ -124,6 +149,38 @@ describe("inbound queue and its read budget", () => {
       }
       // At most what was queued before: connections an earlier test left may have closed meanwhile.
       assert.ok(sharedReadBudget.queued <= start, "closed connections gave their queued bytes back");
+    },
+  );
+});
+
+describe("Bun sockets lending their chunks", () => {
+  test(
+    "a chunk given back is freed at once, one read to keep is never touched",
+    { skip: runtime !== "bun" && "Deno connections reuse lent memory instead (see borrow_test)" },
+    async () => {
+      const transport = tcp();
+      const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+      const accepting = listener.accept();
+      const client = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+      const server = (await accepting)!;
+      listener.close();
+      try {
+        assert.ok(server.readBorrowed && server.giveBack, "Bun connections lend their chunks");
+        await client.write(new Uint8Array([1, 2, 3]));
+        const lent = (await server.readBorrowed())!;
+        assert.ok(lent.length > 0);
+        server.giveBack(lent);
+        assert.equal(lent.length, 0, "its memory was released (the view is detached)");
+
+        await client.write(new Uint8Array([4, 5, 6]));
+        const kept = (await server.read())!;
+        const copy = kept.slice();
+        server.giveBack(kept);
+        assert.deepEqual(kept, copy, "a chunk that was not lent stays as it was");
+      } finally {
+        client.close();
+        server.close();
+      }
     },
   );
 });

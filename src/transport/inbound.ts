@@ -48,6 +48,13 @@ export const DEFAULT_READ_BUDGET = 64 * 1024 * 1024;
 /** The budget the TCP adapters' connections share in a process. */
 export const sharedReadBudget: ReadBudget = new ReadBudget(DEFAULT_READ_BUDGET);
 
+/**
+ * Chunks lent by every queue's {@linkcode Inbound.readBorrowed} and not given
+ * back yet. One set for the process: a set per connection would cost an idle
+ * connection more than its queue.
+ */
+const lent = new WeakSet<Uint8Array>();
+
 /** Received bytes for one reader: chunks, then an end (FIN) or a failure. */
 export class Inbound {
   readonly #highWater: number;
@@ -66,6 +73,8 @@ export class Inbound {
   #error: Error | null = null;
   #closedLocally = false;
   #reader: { resolve(chunk: Uint8Array | null): void; reject(error: Error): void } | null = null;
+  /** Whether the waiting reader borrows the chunk it gets. */
+  #readerBorrows = false;
 
   /**
    * @param highWater queued bytes at which the socket is paused
@@ -100,6 +109,24 @@ export class Inbound {
 
   /** Next chunk, `null` after the peer's end, or the failure. */
   read(): Promise<Uint8Array | null> {
+    return this.#read(false);
+  }
+
+  /**
+   * Like {@linkcode Inbound.read}, but the chunk is lent: once its reader is
+   * done it comes back through {@linkcode Inbound.giveBack}, which says
+   * whether it was lent, so the connection may free its memory at once.
+   */
+  readBorrowed(): Promise<Uint8Array | null> {
+    return this.#read(true);
+  }
+
+  /** Whether `chunk` was lent and not given back before; from now on it is not lent. */
+  giveBack(chunk: Uint8Array): boolean {
+    return lent.delete(chunk);
+  }
+
+  #read(borrow: boolean): Promise<Uint8Array | null> {
     if (this.#closedLocally) return Promise.reject(new ConnectionClosedError());
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
@@ -109,12 +136,14 @@ export class Inbound {
       ) {
         this.#resume();
       }
+      if (borrow) lent.add(chunk);
       return Promise.resolve(chunk);
     }
     if (this.#eof) return Promise.resolve(null);
     if (this.failed) return Promise.reject(this.error);
     // The reader asks and nothing is queued: read, whatever the budget says.
     if (this.#paused) this.#resume();
+    this.#readerBorrows = borrow;
     return new Promise((resolve, reject) => this.#reader = { resolve, reject });
   }
 
@@ -124,6 +153,7 @@ export class Inbound {
     const reader = this.#reader;
     if (reader !== null) {
       this.#reader = null;
+      if (this.#readerBorrows) lent.add(chunk);
       reader.resolve(chunk);
       // Over budget: the next bytes wait in the kernel until the reader asks.
       if (!this.#paused && this.#budget?.exceeded) this.#pause();
