@@ -770,23 +770,53 @@ describe("session flow control", () => {
   );
 
   test(
-    "a queued payload is a copy of its bytes, not a view that keeps the whole read buffer alive",
+    "a queued piece small for its read buffer is a view while the pieces budget has room, a copy past it",
     scoped(async (scope) => {
       const held: Stream[] = [];
       const { session, peer } = await rawPair(scope, { side: "acceptor", onStream: (stream) => held.push(stream) });
       await rawHandshake(session, peer);
-      const small = pseudoRandomBytes(1000, 24);
-      // One write, so both payloads arrive in one read buffer.
-      await peer.send(
-        encodeFrame(FrameType.CONNECT, 2),
-        encodeFrame(FrameType.TRAFFIC, 2, small),
-        encodeFrame(FrameType.CONNECT, 4),
-        encodeFrame(FrameType.TRAFFIC, 4, new Uint8Array(100_000)),
-      );
-      await waitFor(() => held.length === 2 && held[1].buffered === 100_000, 3000, "both payloads queued");
-      const chunk = (await held[0].read())!;
-      assertSameBytes(chunk, small, "queued payload");
-      assert.equal(chunk.buffer.byteLength, small.length, "the queued payload holds only its own bytes");
+      let nextId = 2;
+      /**
+       * One write, so all payloads arrive in one read buffer of about 1 MB:
+       * 40 small ones, then four of 250,000 bytes (each under half of it too).
+       * The budget (32 MiB) has room for about 32 such pieces.
+       */
+      const batch = async () => {
+        const from = held.length;
+        const small = Array.from({ length: 40 }, (_, i) => pseudoRandomBytes(1000, 24 + i));
+        const frames = small.flatMap((payload) => {
+          const id = (nextId += 2);
+          return [encodeFrame(FrameType.CONNECT, id), encodeFrame(FrameType.TRAFFIC, id, payload)];
+        });
+        for (let i = 0; i < 4; i++) {
+          const id = (nextId += 2);
+          frames.push(encodeFrame(FrameType.CONNECT, id), encodeFrame(FrameType.TRAFFIC, id, new Uint8Array(250_000)));
+        }
+        await peer.send(...frames);
+        await waitFor(() => held.length === from + 44 && held[from + 43].buffered === 250_000, 3000, "all queued");
+        return { streams: held.slice(from, from + 40), small };
+      };
+      /** Reads each stream's payload; how many of them were views (the rest are copies). */
+      const readViews = async ({ streams, small }: { streams: Stream[]; small: Uint8Array[] }) => {
+        const views: boolean[] = [];
+        for (const [i, stream] of streams.entries()) {
+          const chunk = (await stream.read())!;
+          assertSameBytes(chunk, small[i], `payload ${i}`);
+          views.push(chunk.buffer.byteLength > chunk.length);
+        }
+        const count = views.filter(Boolean).length;
+        assert.deepEqual(views, views.map((_, i) => i < count), "views first, then copies once the budget is used");
+        return count;
+      };
+
+      const first = await readViews(await batch());
+      assert.ok(first > 0 && first < 40, `${first} of 40 pieces were views; expected some, not all`);
+      // Read pieces gave their share back: the next batch gets as many views.
+      assert.equal(await readViews(await batch()), first, "the budget came back once the pieces were read");
+      // So do pieces of streams closed unread.
+      await batch();
+      for (const stream of held) stream.close();
+      assert.equal(await readViews(await batch()), first, "the budget came back once their streams closed");
     }),
   );
 

@@ -33,6 +33,40 @@ export interface StreamHost {
 const encoder = new TextEncoder();
 
 /**
+ * Read-buffer memory that queued payloads smaller than half of their buffer
+ * may hold on to, across the process. A payload is a view into the chunk the
+ * session read (up to 1 MiB, shared with other streams' bytes), and while it
+ * is queued that whole chunk cannot be reused or freed. Under bulk load most
+ * payloads are such pieces and their readers take them a moment later, so
+ * within this budget they are queued as they are; past it (readers that
+ * stall hold their share) they are copied, and a stalled reader costs only
+ * its bytes.
+ */
+const PIECE_BUDGET = 32 * 1024 * 1024;
+/** Bytes of the budget in use: the buffer size of each queued piece. */
+let piecesHeld = 0;
+/** Queued pieces charged to the budget, and the buffer size each was charged. */
+const charged = new WeakMap<Uint8Array, number>();
+
+/** Whether `payload` may be queued as a view: it is large for its buffer, or the budget has room. */
+function mayQueueView(payload: Uint8Array): boolean {
+  const size = payload.buffer.byteLength;
+  if (payload.byteLength * 2 >= size) return true;
+  if (piecesHeld + size > PIECE_BUDGET) return false;
+  piecesHeld += size;
+  charged.set(payload, size);
+  return true;
+}
+
+/** `chunk` left a stream's queue: its charge, if any, goes back to the budget. */
+function dequeued(chunk: Uint8Array): void {
+  const size = charged.get(chunk);
+  if (size === undefined) return;
+  charged.delete(chunk);
+  piecesHeld -= size;
+}
+
+/**
  * A chunk the session's connection lent it (see `Conn.readBorrowed`), held by
  * the payloads decoded from it: given back once the last of them is.
  */
@@ -257,6 +291,7 @@ export class Stream implements Conn {
     }
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
+      dequeued(chunk);
       this.#consumed(chunk.length);
       return Promise.resolve(borrow ? chunk : this.#keep(chunk));
     }
@@ -331,7 +366,10 @@ export class Stream implements Conn {
   reset(reason = "reset"): void {
     if (this.#released) return;
     this.#host.writer.frame(FrameType.DISCONNECT, this.id, encoder.encode(reason));
-    for (const chunk of this.#chunks) this.giveBack(chunk);
+    for (const chunk of this.#chunks) {
+      dequeued(chunk);
+      this.giveBack(chunk);
+    }
     this.#chunks = [];
     this.#release(new StreamResetError(`stream ${this.id} reset locally: ${reason}`));
   }
@@ -364,13 +402,11 @@ export class Stream implements Conn {
       if (!this.#readerBorrows) return reader.resolve(payload.slice());
       this.#borrow(payload, loan);
       reader.resolve(payload);
-    } else if (payload.byteLength * 2 < payload.buffer.byteLength) {
-      // A payload is a view into the session's read buffer (up to 1 MiB, shared
-      // with other streams' bytes): a reader that stalls must not pin it whole.
-      this.#chunks.push(payload.slice());
-    } else {
+    } else if (mayQueueView(payload)) {
       if (loan !== null) this.#borrow(payload, loan);
       this.#chunks.push(payload);
+    } else {
+      this.#chunks.push(payload.slice());
     }
   }
 
@@ -460,6 +496,8 @@ export class Stream implements Conn {
   #release(error: Error | null): void {
     if (this.#released) return;
     this.#released = true;
+    // What is still queued stays readable, but no longer counts: nobody may read it.
+    for (const chunk of this.#chunks) dequeued(chunk);
     this.#host.windowBudget.give(this.#grown);
     this.#grown = 0;
     if (error) this.#error = error;
