@@ -496,7 +496,7 @@ export class Stream implements Conn {
   #release(error: Error | null): void {
     if (this.#released) return;
     this.#released = true;
-    // What is still queued stays readable, but no longer counts: nobody may read it.
+    // What is still queued stays readable, but gives its charge back now: nobody may come to read it.
     for (const chunk of this.#chunks) dequeued(chunk);
     this.#host.windowBudget.give(this.#grown);
     this.#grown = 0;
