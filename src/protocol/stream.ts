@@ -281,8 +281,12 @@ export class Stream implements Conn {
 
   /** Returns a chunk from {@linkcode Stream.readBorrowed}; it must not be touched afterwards. */
   giveBack(chunk: Uint8Array): void {
-    this.#loans?.get(chunk)?.release();
-    this.#loans?.delete(chunk);
+    const loans = this.#loans;
+    if (loans === null) return;
+    loans.get(chunk)?.release();
+    loans.delete(chunk);
+    // An idle stream keeps no empty map.
+    if (loans.size === 0) this.#loans = null;
   }
 
   #read(borrow: boolean): Promise<Uint8Array | null> {
