@@ -35,7 +35,7 @@ const encoder = new TextEncoder();
 /**
  * Read-buffer memory that queued payloads smaller than half of their buffer
  * may hold on to, across the process. A payload is a view into the chunk the
- * session read (up to 1 MiB, shared with other streams' bytes), and while it
+ * session read (up to 512 KiB, shared with other streams' bytes), and while it
  * is queued that whole chunk cannot be reused or freed. Under bulk load most
  * payloads are such pieces and their readers take them a moment later, so
  * within this budget they are queued as they are; past it (readers that
