@@ -24,7 +24,7 @@ import { encodeFrame } from "./protocol/codec.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { FrameType } from "./protocol/frame.ts";
 import { Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
-import type { Stream } from "./protocol/stream.ts";
+import { sharedPieceBudget, type Stream } from "./protocol/stream.ts";
 import { sharedWindowBudget } from "./protocol/window.ts";
 import { DEFAULT_SERVICE, type PoolMember, Service } from "./service.ts";
 import { sharedReadBudget } from "./transport/inbound.ts";
@@ -140,7 +140,7 @@ export interface MatcherStats {
   uptimeMs: number;
   /** Whether it is shutting down. */
   draining: boolean;
-  /** The process's two memory budgets: full ones mean slow or stalled clients are holding memory. */
+  /** The process's memory budgets: full ones mean slow or stalled clients are holding memory. */
   memory: MemoryBudgets;
 }
 
@@ -154,6 +154,10 @@ export interface MemoryBudgets {
   windowGrowth: number;
   /** The most the windows may grow by together. */
   windowBudget: number;
+  /** Read buffers kept whole by queued payloads that are small pieces of them. */
+  piecesHeld: number;
+  /** Past this, such pieces are queued as copies. */
+  pieceBudget: number;
 }
 
 /** A running matcher. */
@@ -264,7 +268,7 @@ class MatcherServer implements Matcher {
     this.#metrics.gauge("relay_sessions", "Relay sessions connected now.", () => this.#relays.length);
     this.#metrics.gauge("open_streams", "Client streams open now.", () => this.#openStreams());
     this.#metrics.gauge("clients_waiting", "Clients waiting for a relay.", () => this.#waiting());
-    // The process's two memory budgets: full ones mean slow or stalled clients are holding memory.
+    // The process's memory budgets: full ones mean slow or stalled clients are holding memory.
     this.#metrics.gauge(
       "read_queued_bytes",
       `Bytes read from sockets that their readers have not taken yet; past ${
@@ -278,6 +282,13 @@ class MatcherServer implements Matcher {
         formatBytes(sharedWindowBudget.size)
       }.`,
       () => sharedWindowBudget.size - sharedWindowBudget.available,
+    );
+    this.#metrics.gauge(
+      "read_pieces_bytes",
+      `Read buffers kept whole by queued payloads that are small pieces of them; past ${
+        formatBytes(sharedPieceBudget.size)
+      } such pieces are copied.`,
+      () => sharedPieceBudget.held,
     );
     this.#metrics.gauge(
       "uptime_seconds",
@@ -413,6 +424,8 @@ class MatcherServer implements Matcher {
         readBudget: sharedReadBudget.size,
         windowGrowth: sharedWindowBudget.size - sharedWindowBudget.available,
         windowBudget: sharedWindowBudget.size,
+        piecesHeld: sharedPieceBudget.held,
+        pieceBudget: sharedPieceBudget.size,
       },
     };
   }

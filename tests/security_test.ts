@@ -369,6 +369,7 @@ describe("admin endpoints", () => {
     assert.ok(parsed.uptimeMs > 0);
     assert.ok(parsed.memory.readQueued >= 0 && parsed.memory.readBudget === 64 * 1024 * 1024, "read budget");
     assert.ok(parsed.memory.windowGrowth >= 0 && parsed.memory.windowBudget === 64 * 1024 * 1024, "window budget");
+    assert.ok(parsed.memory.piecesHeld >= 0 && parsed.memory.pieceBudget === 32 * 1024 * 1024, "piece budget");
 
     const metrics = await get(admin, "/metrics");
     assert.equal(metrics.status, 200);
@@ -387,6 +388,7 @@ describe("admin endpoints", () => {
     assert.equal(samples.get("o3sr_open_streams"), 1);
     assert.ok(samples.get("o3sr_read_queued_bytes")! >= 0, "read queue gauge");
     assert.ok(samples.get("o3sr_window_growth_bytes")! >= 0, "window growth gauge");
+    assert.ok(samples.get("o3sr_read_pieces_bytes")! >= 0, "read pieces gauge");
     assert.equal(samples.get("o3sr_streams_opened_total"), 2);
     assert.equal(samples.get('o3sr_streams_closed_total{outcome="clean"}'), 1);
     assert.equal(samples.get('o3sr_bytes_total{direction="up"}'), 3);

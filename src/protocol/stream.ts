@@ -38,33 +38,46 @@ const encoder = new TextEncoder();
  * session read (up to 512 KiB, shared with other streams' bytes), and while it
  * is queued that whole chunk cannot be reused or freed. Under bulk load most
  * payloads are such pieces and their readers take them a moment later, so
- * within this budget they are queued as they are; past it (readers that
- * stall hold their share) they are copied, and a stalled reader costs only
- * its bytes.
+ * within the budget they are queued as they are; past it (readers that stall
+ * hold their share) they are copied, and a stalled reader costs only its bytes.
  */
-const PIECE_BUDGET = 32 * 1024 * 1024;
-/** Bytes of the budget in use: the buffer size of each queued piece. */
-let piecesHeld = 0;
-/** Queued pieces charged to the budget, and the buffer size each was charged. */
-const charged = new WeakMap<Uint8Array, number>();
+export class PieceBudget {
+  /** The budget's size in bytes. */
+  readonly size: number;
+  /** Bytes in use: the buffer size of each queued piece. */
+  held = 0;
+  /** Queued pieces charged to the budget, and the buffer size each was charged. */
+  readonly #charged = new WeakMap<Uint8Array, number>();
 
-/** Whether `payload` may be queued as a view: it is large for its buffer, or the budget has room. */
-function mayQueueView(payload: Uint8Array): boolean {
-  const size = payload.buffer.byteLength;
-  if (payload.byteLength * 2 >= size) return true;
-  if (piecesHeld + size > PIECE_BUDGET) return false;
-  piecesHeld += size;
-  charged.set(payload, size);
-  return true;
+  /** @param size bytes of read buffers queued pieces may hold, together */
+  constructor(size: number) {
+    this.size = size;
+  }
+
+  /** Whether `payload` may be queued as it is: it is large for its buffer, or the budget has room (then it is charged). */
+  mayQueue(payload: Uint8Array): boolean {
+    const size = payload.buffer.byteLength;
+    if (payload.byteLength * 2 >= size) return true;
+    if (this.held + size > this.size) return false;
+    this.held += size;
+    this.#charged.set(payload, size);
+    return true;
+  }
+
+  /** `chunk` left a stream's queue: its charge, if any, comes back. */
+  release(chunk: Uint8Array): void {
+    const size = this.#charged.get(chunk);
+    if (size === undefined) return;
+    this.#charged.delete(chunk);
+    this.held -= size;
+  }
 }
 
-/** `chunk` left a stream's queue: its charge, if any, goes back to the budget. */
-function dequeued(chunk: Uint8Array): void {
-  const size = charged.get(chunk);
-  if (size === undefined) return;
-  charged.delete(chunk);
-  piecesHeld -= size;
-}
+/** Default size of {@linkcode sharedPieceBudget}. */
+export const DEFAULT_PIECE_BUDGET = 32 * 1024 * 1024;
+
+/** The budget every stream in the process queues pieces under. */
+export const sharedPieceBudget: PieceBudget = new PieceBudget(DEFAULT_PIECE_BUDGET);
 
 /**
  * A chunk the session's connection lent it (see `Conn.readBorrowed`), held by
@@ -295,7 +308,7 @@ export class Stream implements Conn {
     }
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
-      dequeued(chunk);
+      sharedPieceBudget.release(chunk);
       this.#consumed(chunk.length);
       return Promise.resolve(borrow ? chunk : this.#keep(chunk));
     }
@@ -371,7 +384,7 @@ export class Stream implements Conn {
     if (this.#released) return;
     this.#host.writer.frame(FrameType.DISCONNECT, this.id, encoder.encode(reason));
     for (const chunk of this.#chunks) {
-      dequeued(chunk);
+      sharedPieceBudget.release(chunk);
       this.giveBack(chunk);
     }
     this.#chunks = [];
@@ -406,7 +419,7 @@ export class Stream implements Conn {
       if (!this.#readerBorrows) return reader.resolve(payload.slice());
       this.#borrow(payload, loan);
       reader.resolve(payload);
-    } else if (mayQueueView(payload)) {
+    } else if (sharedPieceBudget.mayQueue(payload)) {
       if (loan !== null) this.#borrow(payload, loan);
       this.#chunks.push(payload);
     } else {
@@ -501,7 +514,7 @@ export class Stream implements Conn {
     if (this.#released) return;
     this.#released = true;
     // What is still queued stays readable, but gives its charge back now: nobody may come to read it.
-    for (const chunk of this.#chunks) dequeued(chunk);
+    for (const chunk of this.#chunks) sharedPieceBudget.release(chunk);
     this.#host.windowBudget.give(this.#grown);
     this.#grown = 0;
     if (error) this.#error = error;
