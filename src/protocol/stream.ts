@@ -351,7 +351,9 @@ export class Stream implements Conn {
         continue;
       }
       const size = Math.min(chunk.length - offset, this.#sendCredit, this.#host.maxFramePayload);
-      const position = writer.frame(FrameType.TRAFFIC, this.id, chunk.subarray(offset, offset + size));
+      // The whole chunk as it is: a view per frame costs more than the frame when messages are small.
+      const payload = size === chunk.length ? chunk : chunk.subarray(offset, offset + size);
+      const position = writer.frame(FrameType.TRAFFIC, this.id, payload);
       if (size >= COPY_LIMIT) keptUntil = position;
       this.#sendCredit -= size;
       offset += size;

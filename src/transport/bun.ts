@@ -123,10 +123,15 @@ const TLS_CLOSE_GRACE = 2000;
  * most of the process's size.
  */
 function free(chunk: Uint8Array): void {
+  // Small ones are left to the collector: freeing them costs more than it saves.
+  if (chunk.byteLength < FREE_AT) return;
   const memory = chunk.buffer as ArrayBuffer & { transfer?(length: number): ArrayBuffer };
   // Detaching an ArrayBuffer releases its memory (ES2024 transfer).
   if (chunk.byteOffset === 0 && chunk.byteLength === memory.byteLength) memory.transfer?.(0);
 }
+
+/** Chunks at least this large are freed when given back. */
+const FREE_AT = 16 * 1024;
 
 type Waiter<T> = { resolve(value: T): void; reject(error: Error): void };
 
