@@ -184,6 +184,18 @@ export const repoRoot: string = decodeURIComponent(new URL("..", import.meta.url
   "$1",
 );
 
+/** Two connected ends over `transport`: the one that dialed and the one accepted. */
+export async function connPair(transport: Transport): Promise<{ dialed: Conn; accepted: Conn }> {
+  const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const accepting = listener.accept();
+    const dialed = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    return { dialed, accepted: (await accepting)! };
+  } finally {
+    listener.close();
+  }
+}
+
 /** A port that was free a moment ago (bind 0, read it, release it). */
 export async function freePort(transport: Transport = tcp()): Promise<number> {
   const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });

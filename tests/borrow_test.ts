@@ -14,7 +14,7 @@ import { memoryTransport } from "../src/transport/memory.ts";
 import { MAX_READ, ReadBuffers } from "../src/transport/read_buffers.ts";
 import { prefixConn } from "../src/transport/websocket.ts";
 import type { Addr, Conn } from "../src/transport/types.ts";
-import { concat, delay, pseudoRandomBytes, readAll, writeAll } from "./_helpers.ts";
+import { concat, connPair, delay, pseudoRandomBytes, readAll, writeAll } from "./_helpers.ts";
 
 /** Reads `n` bytes into `buffers` as a socket would, each byte `seed + i`. */
 function fakeRead(buffers: ReadBuffers, size: number, n: number, seed: number): Uint8Array {
@@ -142,17 +142,6 @@ class LendingConn implements Conn {
   }
 }
 
-/** A connected pair over the memory transport. */
-async function connPair(): Promise<{ dialed: Conn; accepted: Conn }> {
-  const transport = memoryTransport();
-  const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
-  const accepting = listener.accept();
-  const dialed = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const accepted = (await accepting)!;
-  listener.close();
-  return { dialed, accepted };
-}
-
 /**
  * A dialer session over `dialerConn` and an acceptor over `acceptorConn`, past
  * their handshake; the acceptor accepts every stream and hands it to `onStream`.
@@ -204,7 +193,7 @@ async function consume(stream: Stream, how: Reader): Promise<Uint8Array> {
 
 describe("a session borrowing its connection's chunks", () => {
   test("gives every chunk back, and only after every stream is done with its bytes", async () => {
-    const { dialed: dialerConn, accepted } = await connPair();
+    const { dialed: dialerConn, accepted } = await connPair(memoryTransport());
     const lending = new LendingConn(accepted);
     const readers: Reader[] = ["borrows", "keeps", "stalls, then borrows", "borrows", "keeps", "borrows"];
     const received: Array<Promise<Uint8Array>> = [];
@@ -237,8 +226,8 @@ describe("a session borrowing its connection's chunks", () => {
 describe("pipe", () => {
   test("gives a borrowed chunk back only once the other side has written it", async () => {
     // client -> (lending) -> pipe -> stream -> session -> peer stream
-    const client = await connPair();
-    const link = await connPair();
+    const client = await connPair(memoryTransport());
+    const link = await connPair(memoryTransport());
     const streams: Stream[] = [];
     const { dialer: session, close } = await sessionsOver(link.dialed, link.accepted, (stream) => streams.push(stream));
     try {
@@ -263,7 +252,7 @@ describe("pipe", () => {
 
 describe("a connection that replays its first bytes (prefixConn)", () => {
   test("lends what its inner connection lends, and gives back only that", async () => {
-    const { dialed, accepted } = await connPair();
+    const { dialed, accepted } = await connPair(memoryTransport());
     const lending = new LendingConn(accepted);
     const conn = prefixConn(lending, new Uint8Array([1, 2, 3]));
     await dialed.write(new Uint8Array([4, 5]));

@@ -10,7 +10,17 @@ import { Inbound, ReadBudget, sharedReadBudget } from "../src/transport/inbound.
 import { memoryTransport } from "../src/transport/memory.ts";
 import type { Conn } from "../src/transport/types.ts";
 import { testCerts } from "./_certs.ts";
-import { delay, pseudoRandomBytes, readAll, runtime, settlesWithin, tcp, waitFor, writeAll } from "./_helpers.ts";
+import {
+  connPair,
+  delay,
+  pseudoRandomBytes,
+  readAll,
+  runtime,
+  settlesWithin,
+  tcp,
+  waitFor,
+  writeAll,
+} from "./_helpers.ts";
 
 /** A stand-in socket: records whether it was asked to pause. */
 class Flow {
@@ -158,12 +168,7 @@ describe("Bun sockets lending their chunks", () => {
     "a large chunk given back is freed at once; a small one, or one read to keep, is left as it was",
     { skip: runtime !== "bun" && "Deno connections reuse lent memory instead (see borrow_test)" },
     async () => {
-      const transport = tcp();
-      const listener = await transport.listen({ hostname: "127.0.0.1", port: 0 });
-      const accepting = listener.accept();
-      const client = await transport.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-      const server = (await accepting)!;
-      listener.close();
+      const { dialed: client, accepted: server } = await connPair(tcp());
       try {
         assert.ok(server.readBorrowed && server.giveBack, "Bun connections lend their chunks");
         const large = pseudoRandomBytes(256 * 1024, 5);

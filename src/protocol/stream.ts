@@ -385,12 +385,10 @@ export class Stream implements Conn {
   reset(reason = "reset"): void {
     if (this.#released) return;
     this.#host.writer.frame(FrameType.DISCONNECT, this.id, encoder.encode(reason));
-    for (const chunk of this.#chunks) {
-      sharedPieceBudget.release(chunk);
-      this.giveBack(chunk);
-    }
-    this.#chunks = [];
+    for (const chunk of this.#chunks) this.giveBack(chunk);
+    // Released first: that gives the queued pieces' charges back.
     this.#release(new StreamResetError(`stream ${this.id} reset locally: ${reason}`));
+    this.#chunks = [];
   }
 
   // ---- Called by the session ----
