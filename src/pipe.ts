@@ -150,8 +150,9 @@ class Copy {
   readonly #onWritten = (): void => {
     const chunk = this.#chunk!;
     this.#chunk = null;
-    this.#lender?.giveBack(chunk);
+    // Counted first: a chunk given back may be freed (Bun), and then its length reads 0.
     this.moved += chunk.length;
+    this.#lender?.giveBack(chunk);
     this.#pipe.moved();
     this.#read();
   };
