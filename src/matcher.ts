@@ -19,7 +19,7 @@ import { errorMessage } from "./errors.ts";
 import { AllowList, RateLimiter } from "./limits.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
 import { Registry } from "./metrics.ts";
-import { pipe } from "./pipe.ts";
+import { pipeThen } from "./pipe.ts";
 import { encodeFrame } from "./protocol/codec.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { FrameType } from "./protocol/frame.ts";
@@ -791,7 +791,7 @@ class MatcherServer implements Matcher {
     return refused;
   }
 
-  /** Pipes the client and its stream, then counts and logs the outcome; never rejects. */
+  /** Pipes the client and its stream, then counts and logs the outcome; never throws. */
   #carry(
     conn: Conn,
     { stream, session }: Opened,
@@ -800,14 +800,12 @@ class MatcherServer implements Matcher {
     client: string,
     started: number,
     early: EarlyData,
-  ): Promise<void> {
+  ): void {
     this.#streamsOpened.inc();
     this.#log.debug("client connected", { client, service, relay: relay.address, stream: stream.id });
     const earlyBytes = early.bytes;
-    return pipe(conn, stream, {
-      idleTimeout: this.#options.idleTimeout,
-      pendingRead: early.takePendingRead(),
-    }).then((result) => {
+    const pendingRead = early.takePendingRead();
+    pipeThen(conn, stream, (result) => {
       this.#clients.delete(conn);
       try {
         result.aToB += earlyBytes;
@@ -832,7 +830,7 @@ class MatcherServer implements Matcher {
         // Nothing awaits this: a failure here must not become an unhandled rejection.
         this.#log.warn("client failed", { client, error: errorMessage(error) });
       }
-    });
+    }, { idleTimeout: this.#options.idleTimeout, pendingRead });
   }
 
   /** Why a client from `address` is refused, or null to serve it. */

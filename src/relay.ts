@@ -18,7 +18,7 @@ import { answerChallenge, AUTH_CONTEXT } from "./auth.ts";
 import type { Channel, ProxyVersion, ServiceEntry } from "./config.ts";
 import { errorMessage } from "./errors.ts";
 import { formatBytes, formatDuration, type Logger, silentLogger } from "./log.ts";
-import { pipe, type PipeResult } from "./pipe.ts";
+import { type PipeResult, pipeThen } from "./pipe.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { type Hello, Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
 import type { Stream } from "./protocol/stream.ts";
@@ -510,8 +510,9 @@ class RelayClient extends EventTarget implements Relay {
         await conn.write(proxyHeader(destination.proxyProtocol, source, conn.remoteAddr));
       }
       // Not awaited: this frame need not live as long as the stream.
-      pipe(stream, conn, { idleTimeout: this.#options.idleTimeout })
-        .then((result) => this.#served(stream, service, client, started, result));
+      pipeThen(stream, conn, (result) => this.#served(stream, service, client, started, result), {
+        idleTimeout: this.#options.idleTimeout,
+      });
       piping = true;
     } catch (error) {
       failure = errorMessage(error);
