@@ -112,3 +112,14 @@ export class Deferred<T> {
     this.#resolve = this.#reject = null;
   }
 }
+
+/**
+ * A {@linkcode Deferred} for an end that may have come already: resolved at
+ * once if `ended`. For `closed` getters that make theirs on first use, since
+ * most connections and streams end without anyone asking.
+ */
+export function endSignal(ended: boolean): Deferred<void> {
+  const deferred = new Deferred<void>();
+  if (ended) deferred.resolve();
+  return deferred;
+}

@@ -42,6 +42,21 @@ export function conformance(name: string, make: () => Transport): void {
       server.close();
     });
 
+    test("closed resolves once the connection is closed, asked before or only after", async () => {
+      const transport = make();
+      const server = await serve(transport, echo);
+      const data = pseudoRandomBytes(1000, 9);
+      for (const askFirst of [true, false]) {
+        const conn = await transport.connect({ hostname: "127.0.0.1", port: server.port });
+        const asked = askFirst ? conn.closed : null;
+        await conn.write(data);
+        assert.deepEqual(await readExactly(conn, data.length), data);
+        conn.close();
+        assert.ok(await settlesWithin(asked ?? conn.closed, 3000), `closed asked ${askFirst ? "before" : "after"}`);
+      }
+      server.close();
+    });
+
     test("half-close: the writer shuts down and still receives the full reply", async () => {
       const transport = make();
       const reply = pseudoRandomBytes(3 * 1024 * 1024, 3);

@@ -434,10 +434,14 @@ describe("session streams", () => {
   test(
     "accept: the receiver acknowledges with CONNECT; a reset before that rejects accepted",
     scoped(async (scope) => {
+      let refusedHere = null as Stream | null;
       const { acceptor } = await readyPair(scope, {
         dialer: {
           onStream: (stream) => {
-            if (stream.meta.refuse) return stream.reset("unreachable: no destination");
+            if (stream.meta.refuse) {
+              refusedHere = stream;
+              return stream.reset("unreachable: no destination");
+            }
             stream.accept({ via: "dialer" });
             echoStream(stream);
           },
@@ -450,6 +454,9 @@ describe("session streams", () => {
       const refused = acceptor.openStream({ refuse: true });
       await assert.rejects(refused.accepted, /reset by peer: unreachable: no destination/);
       assert.throws(() => good.accept(), /only the receiving side accepts/);
+      // The receiving side's promises are made when asked; asked only after the end, they settle as it did.
+      await assert.rejects(refusedHere!.accepted, /reset locally: unreachable: no destination/);
+      assert.ok(await settlesWithin(refusedHere!.closed, 3000), "closed asked after the reset");
     }),
   );
 

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { Deferred } from "../async.ts";
+import { Deferred, endSignal } from "../async.ts";
 import type { Addr, Conn, Lender } from "../transport/types.ts";
 import { ConnectionClosedError } from "../transport/types.ts";
 import { ProtocolError, StreamResetError } from "./errors.ts";
@@ -164,14 +164,16 @@ export class Stream implements Conn {
   #released = false;
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
-  readonly #closed = new Deferred<void>();
+  #closed: Deferred<void> | null = null;
 
   // Acknowledgement: the receiver answers CONNECT with a CONNECT once it is
   // ready (its destination connected), so the opener knows nothing was lost.
   readonly #openedHere: boolean;
   #acknowledged = false;
-  // Quiet: a refusal is reported by read() and write() too.
-  readonly #accepted = new Deferred<Record<string, unknown>>(true);
+  // Quiet: a refusal is reported by read() and write() too. Made up front only
+  // for a stream opened here, whose opener waits for it; on the other side
+  // it is made if someone asks.
+  #accepted: Deferred<Record<string, unknown>> | null;
 
   /**
    * Made by a session for each stream; applications get streams from it.
@@ -198,11 +200,12 @@ export class Stream implements Conn {
     this.#sendCredit = sendWindow;
     this.meta = meta;
     this.#openedHere = openedHere;
+    this.#accepted = openedHere ? new Deferred(true) : null;
   }
 
   /** Resolves once both sides finished or the stream was reset. */
   get closed(): Promise<void> {
-    return this.#closed.promise;
+    return (this.#closed ??= endSignal(this.#released)).promise;
   }
 
   /**
@@ -211,6 +214,11 @@ export class Stream implements Conn {
    * `write()` report too).
    */
   get accepted(): Promise<Record<string, unknown>> {
+    if (this.#accepted === null) {
+      // Only on the receiving side, which never resolves it.
+      this.#accepted = new Deferred(true);
+      if (this.#released && !this.#acknowledged) this.#accepted.reject(this.#notAccepted());
+    }
     return this.#accepted.promise;
   }
 
@@ -464,7 +472,7 @@ export class Stream implements Conn {
     }
     if (this.#acknowledged) throw new ProtocolError("bad-frame", `peer accepted stream ${this.id} twice`);
     this.#acknowledged = true;
-    this.#accepted.resolve(meta);
+    this.#accepted!.resolve(meta);
   }
 
   /** The peer reset the stream (DISCONNECT). Bytes that arrived before stay readable. */
@@ -510,6 +518,10 @@ export class Stream implements Conn {
     if (this.#localFin && this.#remoteFin) this.#release(null);
   }
 
+  #notAccepted(): Error {
+    return this.#error ?? new ConnectionClosedError(`stream ${this.id} closed before it was accepted`);
+  }
+
   #release(error: Error | null): void {
     if (this.#released) return;
     this.#released = true;
@@ -531,9 +543,7 @@ export class Stream implements Conn {
       waiter.reject(error ?? new ConnectionClosedError(`stream ${this.id} closed`));
     }
     this.#host.release(this);
-    if (!this.#acknowledged) {
-      this.#accepted.reject(error ?? new ConnectionClosedError(`stream ${this.id} closed before it was accepted`));
-    }
-    this.#closed.resolve();
+    if (!this.#acknowledged) this.#accepted?.reject(this.#notAccepted());
+    this.#closed?.resolve();
   }
 }

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { Deferred } from "../async.ts";
+import { type Deferred, endSignal } from "../async.ts";
 import {
   checkFingerprint,
   checkListenTls,
@@ -154,10 +154,10 @@ class BunConn implements Conn, InboundFlow {
   #finSent = false;
   #closedLocally = false;
   #done = false;
-  readonly #closed = new Deferred<void>();
+  #closed: Deferred<void> | null = null;
   /** Resolves once the connection is fully closed, however that happened; made on first use. */
   get closed(): Promise<void> {
-    return this.#closed.promise;
+    return (this.#closed ??= endSignal(this.#done)).promise;
   }
   /** Set while a TLS handshake is awaited. */
   watch: HandshakeWatch | null = null;
@@ -341,7 +341,7 @@ class BunConn implements Conn, InboundFlow {
     if (this.#done) return;
     this.#done = true;
     this.#fail(reason);
-    this.#closed.resolve();
+    this.#closed?.resolve();
   }
 }
 

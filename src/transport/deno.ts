@@ -11,7 +11,7 @@
  * @module
  */
 
-import { Deferred } from "../async.ts";
+import { type Deferred, endSignal } from "../async.ts";
 import { acceptInBackground } from "./accept.ts";
 import { Inbound, type InboundFlow, sharedReadBudget } from "./inbound.ts";
 import { MAX_READ, ReadBuffers } from "./read_buffers.ts";
@@ -90,10 +90,10 @@ class DenoConn implements Conn, InboundFlow {
   readonly #buffers = new ReadBuffers();
   #wroteFin = false;
   #done = false;
-  readonly #closed = new Deferred<void>();
+  #closed: Deferred<void> | null = null;
   /** Resolves once the connection is fully closed, however that happened; made on first use. */
   get closed(): Promise<void> {
-    return this.#closed.promise;
+    return (this.#closed ??= endSignal(this.#done)).promise;
   }
 
   constructor(conn: DenoConnLike) {
@@ -233,7 +233,7 @@ class DenoConn implements Conn, InboundFlow {
     } catch {
       // Already closed by the runtime.
     }
-    this.#closed.resolve();
+    this.#closed?.resolve();
   }
 }
 
