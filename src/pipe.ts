@@ -138,7 +138,9 @@ class Copy {
   #read(): void {
     let next: Promise<Uint8Array | null>;
     try {
-      next = this.#lender !== null ? this.#lender.readBorrowed() : this.#from.read();
+      const lender = this.#lender;
+      if (lender?.readBorrowedThen !== undefined) return lender.readBorrowedThen(this.#onChunk, this.#onError);
+      next = lender !== null ? lender.readBorrowed() : this.#from.read();
     } catch (error) {
       return this.#onError(error);
     }

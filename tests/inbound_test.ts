@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { Inbound, ReadBudget, sharedReadBudget } from "../src/transport/inbound.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
-import type { Conn } from "../src/transport/types.ts";
+import { type Conn, ConnectionClosedError } from "../src/transport/types.ts";
 import { testCerts } from "./_certs.ts";
 import {
   connPair,
@@ -102,6 +102,37 @@ describe("inbound queue and its read budget", () => {
     assert.equal(inbound.giveBack(queuedLent), true);
     assert.equal(inbound.giveBack(awaitedLent), true);
     assert.equal(inbound.giveBack(queuedLent), false, "a second give-back");
+  });
+
+  test("readBorrowedThen calls back at once with what is there, later with what arrives, then the end or the failure", () => {
+    const got: Array<Uint8Array | null | Error> = [];
+    const onChunk = (chunk: Uint8Array | null) => got.push(chunk);
+    const onError = (error: Error) => got.push(error);
+    const { inbound } = queue(1000);
+    const [queued, later] = [new Uint8Array(1), new Uint8Array(2)];
+    inbound.push(queued);
+    inbound.readBorrowedThen(onChunk, onError);
+    assert.deepEqual(got, [queued], "a queued chunk comes before the call returns");
+    inbound.readBorrowedThen(onChunk, onError);
+    assert.equal(got.length, 1, "nothing queued: the reader waits");
+    assert.equal(inbound.waiting, true);
+    inbound.push(later);
+    assert.equal(got[1], later);
+    assert.equal(inbound.waiting, false);
+    assert.equal(inbound.giveBack(queued), true, "lent");
+    assert.equal(inbound.giveBack(later), true, "lent");
+    inbound.readBorrowedThen(onChunk, onError);
+    inbound.end();
+    assert.equal(got[2], null, "the end");
+    inbound.readBorrowedThen(onChunk, onError);
+    assert.equal(got[3], null, "and again after it");
+
+    const failing = queue(1000).inbound;
+    failing.readBorrowedThen(onChunk, onError);
+    failing.fail("connection reset by peer");
+    assert.ok(got[4] instanceof ConnectionClosedError);
+    assert.match(got[4].message, /connection reset by peer/);
+    assert.equal(got.length, 5, "each read called back once");
   });
 
   test("closing a queue gives its bytes back to the budget", () => {

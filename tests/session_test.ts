@@ -461,6 +461,46 @@ describe("session streams", () => {
   );
 
   test(
+    "readBorrowedThen: a stream's chunks in order, then its end; a reset fails the waiting read",
+    scoped(async (scope) => {
+      const opened: Stream[] = [];
+      const { acceptor } = await readyPair(scope, {
+        dialer: {
+          onStream: (stream) => {
+            stream.accept();
+            opened.push(stream);
+          },
+        },
+      });
+      const data = pseudoRandomBytes(200_000, 41);
+      const stream = acceptor.openStream({});
+      await stream.accepted;
+      const peer = opened[0];
+      const writing = writeAll(peer, data, 30_000).then(() => peer.closeWrite());
+      const chunks: Uint8Array[] = [];
+      const read = new Promise<void>((resolve, reject) => {
+        const onChunk = (chunk: Uint8Array | null): void => {
+          if (chunk === null) return resolve();
+          chunks.push(chunk.slice());
+          stream.giveBack(chunk);
+          stream.readBorrowedThen(onChunk, reject);
+        };
+        stream.readBorrowedThen(onChunk, reject);
+      });
+      await within(Promise.all([read, writing]), 5000, "all the data, then the end");
+      assertSameBytes(concat(chunks), data, "read with callbacks");
+
+      const second = acceptor.openStream({});
+      await second.accepted;
+      const failed = new Promise<Error>((resolve, reject) =>
+        second.readBorrowedThen(() => reject(new Error("a chunk")), resolve)
+      );
+      opened[1].reset("gone");
+      assert.match((await within(failed, 3000, "the reset")).message, /reset by peer: gone/);
+    }),
+  );
+
+  test(
     "accepting twice, or acknowledging a stream the peer opened itself, is a protocol error",
     scoped(async (scope) => {
       const { session, peer } = await rawPair(scope, { side: "acceptor", onStream: () => {} });

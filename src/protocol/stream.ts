@@ -32,6 +32,9 @@ export interface StreamHost {
 
 const encoder = new TextEncoder();
 
+/** Nothing to read yet: the reader waits. */
+const WAIT = Symbol("wait");
+
 /**
  * Read-buffer memory that queued payloads smaller than half of their buffer
  * may hold on to, across the process. A payload is a view into the chunk the
@@ -149,7 +152,9 @@ export class Stream implements Conn {
   #recvCredit: number;
   #unacknowledged = 0;
   #remoteFin = false;
-  #reader: Waiter<Uint8Array | null> | null = null;
+  /** The waiting reader, if any: a promise's resolving functions, or the callbacks of {@linkcode Stream.readBorrowedThen}. */
+  #onChunk: ((chunk: Uint8Array | null) => void) | null = null;
+  #onError: ((error: Error) => void) | null = null;
   /** Whether the waiting reader borrows (see {@linkcode Stream.readBorrowed}). */
   #readerBorrows = false;
   /** Received payloads still part of a chunk the session borrowed, queued or lent on. */
@@ -310,20 +315,48 @@ export class Stream implements Conn {
     if (loans.size === 0) this.#loans = null;
   }
 
-  #read(borrow: boolean): Promise<Uint8Array | null> {
-    if (this.#reader !== null) {
-      return Promise.reject(new Error(`stream ${this.id}: read() while another read is pending`));
+  /**
+   * Like {@linkcode Stream.readBorrowed}, but calls back instead of resolving
+   * a promise, at once if a chunk, the end or a failure is there already. A
+   * copy loop passes the same two callbacks every time, so a pending read
+   * costs no promise, resolving functions or reaction.
+   */
+  readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
+    const next = this.#next(true);
+    if (next === WAIT) {
+      this.#onChunk = onChunk;
+      this.#onError = onError;
+    } else if (next instanceof Error) {
+      onError(next);
+    } else {
+      onChunk(next);
     }
+  }
+
+  #read(borrow: boolean): Promise<Uint8Array | null> {
+    const next = this.#next(borrow);
+    if (next === WAIT) {
+      return new Promise((resolve, reject) => {
+        this.#onChunk = resolve;
+        this.#onError = reject;
+      });
+    }
+    return next instanceof Error ? Promise.reject(next) : Promise.resolve(next);
+  }
+
+  /** What a read gets now: a chunk, the end (`null`), the failure, or {@linkcode WAIT} (then the reader is expected). */
+  #next(borrow: boolean): Uint8Array | null | Error | typeof WAIT {
+    if (this.#onChunk !== null) return new Error(`stream ${this.id}: read() while another read is pending`);
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
       sharedPieceBudget.release(chunk);
       this.#consumed(chunk.length);
-      return Promise.resolve(borrow ? chunk : this.#keep(chunk));
+      return borrow ? chunk : this.#keep(chunk);
     }
-    if (this.#error) return Promise.reject(this.#error);
-    if (this.#remoteFin) return Promise.resolve(null);
+    if (this.#error) return this.#error;
+    if (this.#remoteFin) return null;
     this.#readerBorrows = borrow;
-    return new Promise((resolve, reject) => this.#reader = { resolve, reject });
+    return WAIT;
   }
 
   /** `chunk`, made the reader's to keep: a copy if it is lent memory. */
@@ -419,14 +452,14 @@ export class Stream implements Conn {
     this.#recvCredit -= payload.length;
     this.#host.countBytes(0, payload.length);
     if (payload.length === 0) return;
-    const reader = this.#reader;
-    if (reader !== null) {
-      this.#reader = null;
+    const onChunk = this.#onChunk;
+    if (onChunk !== null) {
+      this.#onChunk = this.#onError = null;
       this.#consumed(payload.length);
-      if (loan === null) return reader.resolve(payload);
-      if (!this.#readerBorrows) return reader.resolve(payload.slice());
+      if (loan === null) return onChunk(payload);
+      if (!this.#readerBorrows) return onChunk(payload.slice());
       this.#borrow(payload, loan);
-      reader.resolve(payload);
+      onChunk(payload);
     } else if (sharedPieceBudget.mayQueue(payload)) {
       if (loan !== null) this.#borrow(payload, loan);
       this.#chunks.push(payload);
@@ -457,10 +490,10 @@ export class Stream implements Conn {
       throw new ProtocolError("bad-frame", `peer sent a second FIN on stream ${this.id}`);
     }
     this.#remoteFin = true;
-    const reader = this.#reader;
-    if (reader !== null && this.#chunks.length === 0) {
-      this.#reader = null;
-      reader.resolve(null);
+    const onChunk = this.#onChunk;
+    if (onChunk !== null && this.#chunks.length === 0) {
+      this.#onChunk = this.#onError = null;
+      onChunk(null);
     }
     this.#finishIfDone();
   }
@@ -530,12 +563,13 @@ export class Stream implements Conn {
     this.#host.windowBudget.give(this.#grown);
     this.#grown = 0;
     if (error) this.#error = error;
-    const reader = this.#reader;
-    if (reader !== null) {
-      this.#reader = null;
+    const onChunk = this.#onChunk;
+    const onError = this.#onError;
+    if (onChunk !== null && onError !== null) {
+      this.#onChunk = this.#onError = null;
       // Released without error means both sides sent FIN: the reader is at the end.
-      if (error) reader.reject(error);
-      else reader.resolve(null);
+      if (error) onError(error);
+      else onChunk(null);
     }
     const waiter = this.#creditWaiter;
     if (waiter !== null) {

@@ -184,6 +184,10 @@ class BunConn implements Conn, InboundFlow {
     return this.#inbound.readBorrowed();
   }
 
+  readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
+    this.#inbound.readBorrowedThen(onChunk, onError);
+  }
+
   giveBack(chunk: Uint8Array): void {
     if (this.#inbound.giveBack(chunk)) free(chunk);
   }

@@ -126,6 +126,11 @@ class DenoConn implements Conn, InboundFlow {
     return chunk;
   }
 
+  readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
+    this.#inbound.readBorrowedThen(onChunk, onError);
+    this.#readAhead();
+  }
+
   giveBack(chunk: Uint8Array): void {
     this.#buffers.giveBack(chunk);
   }

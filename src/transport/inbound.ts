@@ -62,6 +62,9 @@ export const sharedReadBudget: ReadBudget = new ReadBudget(DEFAULT_READ_BUDGET);
  */
 const lent = new WeakSet<Uint8Array>();
 
+/** Nothing to read yet: the reader waits. */
+const WAIT = Symbol("wait");
+
 /** Received bytes for one reader: chunks, then an end (FIN) or a failure. */
 export class Inbound {
   readonly #highWater: number;
@@ -79,7 +82,9 @@ export class Inbound {
   /** Made from `#reason` on first use. */
   #error: Error | null = null;
   #closedLocally = false;
-  #reader: { resolve(chunk: Uint8Array | null): void; reject(error: Error): void } | null = null;
+  /** The waiting reader, if any: a promise's resolving functions, or the callbacks of {@linkcode Inbound.readBorrowedThen}. */
+  #onChunk: ((chunk: Uint8Array | null) => void) | null = null;
+  #onError: ((error: Error) => void) | null = null;
   /** Whether the waiting reader borrows the chunk it gets. */
   #readerBorrows = false;
 
@@ -106,7 +111,7 @@ export class Inbound {
 
   /** Whether a reader waits for the next chunk (nothing is queued). */
   get waiting(): boolean {
-    return this.#reader !== null;
+    return this.#onChunk !== null;
   }
 
   /** Whether at least the high-water mark is queued. */
@@ -128,13 +133,43 @@ export class Inbound {
     return this.#read(true);
   }
 
+  /**
+   * Like {@linkcode Inbound.readBorrowed}, but calls back instead of resolving
+   * a promise, at once if a chunk, the end or a failure is there already. A
+   * copy loop passes the same two callbacks every time, so a pending read
+   * costs no promise, resolving functions or reaction.
+   */
+  readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
+    const next = this.#next(true);
+    if (next === WAIT) {
+      this.#onChunk = onChunk;
+      this.#onError = onError;
+    } else if (next instanceof Error) {
+      onError(next);
+    } else {
+      onChunk(next);
+    }
+  }
+
   /** Whether `chunk` was lent and not given back before; from now on it is not lent. */
   giveBack(chunk: Uint8Array): boolean {
     return lent.delete(chunk);
   }
 
   #read(borrow: boolean): Promise<Uint8Array | null> {
-    if (this.#closedLocally) return Promise.reject(new ConnectionClosedError());
+    const next = this.#next(borrow);
+    if (next === WAIT) {
+      return new Promise((resolve, reject) => {
+        this.#onChunk = resolve;
+        this.#onError = reject;
+      });
+    }
+    return next instanceof Error ? Promise.reject(next) : Promise.resolve(next);
+  }
+
+  /** What a read gets now: a chunk, the end (`null`), the failure, or {@linkcode WAIT} (then the reader is expected). */
+  #next(borrow: boolean): Uint8Array | null | Error | typeof WAIT {
+    if (this.#closedLocally) return new ConnectionClosedError();
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
       this.#take(chunk.length);
@@ -144,24 +179,24 @@ export class Inbound {
         this.#resume();
       }
       this.#deliver(chunk, borrow);
-      return Promise.resolve(chunk);
+      return chunk;
     }
-    if (this.#eof) return Promise.resolve(null);
-    if (this.failed) return Promise.reject(this.error);
+    if (this.#eof) return null;
+    if (this.failed) return this.error!;
     // The reader asks and nothing is queued: read, whatever the budget says.
     if (this.#paused) this.#resume();
     this.#readerBorrows = borrow;
-    return new Promise((resolve, reject) => this.#reader = { resolve, reject });
+    return WAIT;
   }
 
   /** Bytes arrived; the queue keeps `chunk`. */
   push(chunk: Uint8Array): void {
     if (this.failed || this.#closedLocally) return;
-    const reader = this.#reader;
-    if (reader !== null) {
-      this.#reader = null;
+    const onChunk = this.#onChunk;
+    if (onChunk !== null) {
+      this.#onChunk = this.#onError = null;
       this.#deliver(chunk, this.#readerBorrows);
-      reader.resolve(chunk);
+      onChunk(chunk);
       // Over budget: the next bytes wait in the kernel until the reader asks.
       if (!this.#paused && this.#budget?.exceeded) this.#pause();
       return;
@@ -176,10 +211,10 @@ export class Inbound {
   end(): void {
     if (this.#closedLocally || this.#eof) return;
     this.#eof = true;
-    const reader = this.#reader;
-    if (reader !== null && this.#chunks.length === 0) {
-      this.#reader = null;
-      reader.resolve(null);
+    const onChunk = this.#onChunk;
+    if (onChunk !== null && this.#chunks.length === 0) {
+      this.#onChunk = this.#onError = null;
+      onChunk(null);
     }
   }
 
@@ -191,11 +226,12 @@ export class Inbound {
    */
   fail(reason: string): void {
     this.#reason ??= reason;
-    const reader = this.#reader;
-    if (reader !== null) {
-      this.#reader = null;
-      if (this.#closedLocally || !this.#eof) reader.reject(this.error!);
-      else reader.resolve(null);
+    const onChunk = this.#onChunk;
+    const onError = this.#onError;
+    if (onChunk !== null && onError !== null) {
+      this.#onChunk = this.#onError = null;
+      if (this.#closedLocally || !this.#eof) onError(this.error!);
+      else onChunk(null);
     }
   }
 

@@ -39,6 +39,13 @@ export interface Conn {
    * transport an allocation per read. A chunk never given back is simply kept.
    */
   readBorrowed?(): Promise<Uint8Array | null>;
+  /**
+   * Like `readBorrowed()`, but calls back instead of resolving a promise,
+   * possibly before it returns. Optional; a copy loop that keeps a read
+   * pending on thousands of idle connections spares each a promise, its
+   * resolving functions and a reaction, and each chunk a microtask.
+   */
+  readBorrowedThen?(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void;
   /** Returns a chunk from `readBorrowed()`; the caller must not touch it afterwards. */
   giveBack?(chunk: Uint8Array): void;
   /**
