@@ -135,6 +135,22 @@ describe("inbound queue and its read budget", () => {
     assert.equal(got.length, 5, "each read called back once");
   });
 
+  test("a reader called back that closes its connection is not paused afterwards, even over the budget", () => {
+    const budget = new ReadBudget(10);
+    const { flow, inbound } = queue(1000, budget);
+    const other = queue(1000, budget).inbound;
+    other.push(new Uint8Array(100)); // the budget is used up
+    let got: Uint8Array | null = null;
+    inbound.readBorrowedThen((chunk) => {
+      got = chunk;
+      inbound.closeLocally();
+    }, assert.fail);
+    inbound.push(new Uint8Array(5));
+    assert.equal(got!.length, 5);
+    assert.equal(flow.pauses, 0, "a closed connection's socket is left alone");
+    other.closeLocally();
+  });
+
   test("closing a queue gives its bytes back to the budget", () => {
     const budget = new ReadBudget(100);
     const { inbound } = queue(1000, budget);

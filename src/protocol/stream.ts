@@ -319,7 +319,8 @@ export class Stream implements Conn {
    * Like {@linkcode Stream.readBorrowed}, but calls back instead of resolving
    * a promise, at once if a chunk, the end or a failure is there already. A
    * copy loop passes the same two callbacks every time, so a pending read
-   * costs no promise, resolving functions or reaction.
+   * costs no promise, resolving functions or reaction. The callbacks run
+   * inside the session's dispatch of a frame and must not throw.
    */
   readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
     const next = this.#next(true);

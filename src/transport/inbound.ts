@@ -137,7 +137,8 @@ export class Inbound {
    * Like {@linkcode Inbound.readBorrowed}, but calls back instead of resolving
    * a promise, at once if a chunk, the end or a failure is there already. A
    * copy loop passes the same two callbacks every time, so a pending read
-   * costs no promise, resolving functions or reaction.
+   * costs no promise, resolving functions or reaction. The callbacks run
+   * inside the socket's event handler and must not throw.
    */
   readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
     const next = this.#next(true);
@@ -198,7 +199,8 @@ export class Inbound {
       this.#deliver(chunk, this.#readerBorrows);
       onChunk(chunk);
       // Over budget: the next bytes wait in the kernel until the reader asks.
-      if (!this.#paused && this.#budget?.exceeded) this.#pause();
+      // (A reader called back may have closed the connection meanwhile.)
+      if (!this.#paused && !this.#closedLocally && !this.failed && this.#budget?.exceeded) this.#pause();
       return;
     }
     this.#chunks.push(chunk);

@@ -43,7 +43,8 @@ export interface Conn {
    * Like `readBorrowed()`, but calls back instead of resolving a promise,
    * possibly before it returns. Optional; a copy loop that keeps a read
    * pending on thousands of idle connections spares each a promise, its
-   * resolving functions and a reaction, and each chunk a microtask.
+   * resolving functions and a reaction, and each chunk a microtask. The
+   * callbacks run inside the transport's own event handling and must not throw.
    */
   readBorrowedThen?(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void;
   /** Returns a chunk from `readBorrowed()`; the caller must not touch it afterwards. */
