@@ -6,6 +6,7 @@
  */
 
 import { Deferred, endSignal } from "../async.ts";
+import { callBack, type ReadNow, settled, WAIT } from "../transport/reads.ts";
 import type { Addr, Conn, Lender } from "../transport/types.ts";
 import { ConnectionClosedError } from "../transport/types.ts";
 import { ProtocolError, StreamResetError } from "./errors.ts";
@@ -31,9 +32,6 @@ export interface StreamHost {
 }
 
 const encoder = new TextEncoder();
-
-/** Nothing to read yet: the reader waits. */
-const WAIT = Symbol("wait");
 
 /**
  * Read-buffer memory that queued payloads smaller than half of their buffer
@@ -323,30 +321,22 @@ export class Stream implements Conn {
    * inside the session's dispatch of a frame and must not throw.
    */
   readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
-    const next = this.#next(true);
-    if (next === WAIT) {
-      this.#onChunk = onChunk;
-      this.#onError = onError;
-    } else if (next instanceof Error) {
-      onError(next);
-    } else {
-      onChunk(next);
-    }
+    if (callBack(this.#next(true), onChunk, onError)) return;
+    this.#onChunk = onChunk;
+    this.#onError = onError;
   }
 
   #read(borrow: boolean): Promise<Uint8Array | null> {
     const next = this.#next(borrow);
-    if (next === WAIT) {
-      return new Promise((resolve, reject) => {
-        this.#onChunk = resolve;
-        this.#onError = reject;
-      });
-    }
-    return next instanceof Error ? Promise.reject(next) : Promise.resolve(next);
+    if (next !== WAIT) return settled(next);
+    return new Promise((resolve, reject) => {
+      this.#onChunk = resolve;
+      this.#onError = reject;
+    });
   }
 
   /** What a read gets now: a chunk, the end (`null`), the failure, or {@linkcode WAIT} (then the reader is expected). */
-  #next(borrow: boolean): Uint8Array | null | Error | typeof WAIT {
+  #next(borrow: boolean): ReadNow {
     if (this.#onChunk !== null) return new Error(`stream ${this.id}: read() while another read is pending`);
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { callBack, type ReadNow, settled, WAIT } from "./reads.ts";
 import { ConnectionClosedError } from "./types.ts";
 
 /** What the queue tells its socket. */
@@ -61,9 +62,6 @@ export const sharedReadBudget: ReadBudget = new ReadBudget(DEFAULT_READ_BUDGET);
  * connection more than its queue.
  */
 const lent = new WeakSet<Uint8Array>();
-
-/** Nothing to read yet: the reader waits. */
-const WAIT = Symbol("wait");
 
 /** Received bytes for one reader: chunks, then an end (FIN) or a failure. */
 export class Inbound {
@@ -141,15 +139,9 @@ export class Inbound {
    * inside the socket's event handler and must not throw.
    */
   readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
-    const next = this.#next(true);
-    if (next === WAIT) {
-      this.#onChunk = onChunk;
-      this.#onError = onError;
-    } else if (next instanceof Error) {
-      onError(next);
-    } else {
-      onChunk(next);
-    }
+    if (callBack(this.#next(true), onChunk, onError)) return;
+    this.#onChunk = onChunk;
+    this.#onError = onError;
   }
 
   /** Whether `chunk` was lent and not given back before; from now on it is not lent. */
@@ -159,17 +151,15 @@ export class Inbound {
 
   #read(borrow: boolean): Promise<Uint8Array | null> {
     const next = this.#next(borrow);
-    if (next === WAIT) {
-      return new Promise((resolve, reject) => {
-        this.#onChunk = resolve;
-        this.#onError = reject;
-      });
-    }
-    return next instanceof Error ? Promise.reject(next) : Promise.resolve(next);
+    if (next !== WAIT) return settled(next);
+    return new Promise((resolve, reject) => {
+      this.#onChunk = resolve;
+      this.#onError = reject;
+    });
   }
 
   /** What a read gets now: a chunk, the end (`null`), the failure, or {@linkcode WAIT} (then the reader is expected). */
-  #next(borrow: boolean): Uint8Array | null | Error | typeof WAIT {
+  #next(borrow: boolean): ReadNow {
     if (this.#closedLocally) return new ConnectionClosedError();
     const chunk = this.#chunks.shift();
     if (chunk !== undefined) {
