@@ -57,6 +57,43 @@ export function conformance(name: string, make: () => Transport): void {
       server.close();
     });
 
+    test("readBorrowedThen, where offered: a reader that reads again inside its callback gets every chunk", async () => {
+      const transport = make();
+      let offered = true;
+      const server = await serve(transport, (conn) =>
+        new Promise<void>((resolve) => {
+          if (conn.readBorrowedThen === undefined || conn.giveBack === undefined) {
+            offered = false;
+            conn.close();
+            return resolve();
+          }
+          // Echoes each chunk and asks for the next one before returning, as a session's read loop does.
+          const onChunk = (chunk: Uint8Array | null): void => {
+            if (chunk === null) {
+              conn.close();
+              return resolve();
+            }
+            const copy = chunk.slice();
+            conn.giveBack!(chunk);
+            conn.write(copy).catch(() => {});
+            conn.readBorrowedThen!(onChunk, onError);
+          };
+          const onError = (): void => resolve();
+          conn.readBorrowedThen(onChunk, onError);
+        }));
+      const conn = await transport.connect({ hostname: "127.0.0.1", port: server.port });
+      // One small message at a time, each answered before the next: every one is read as it comes.
+      for (let i = 0; i < 50 && offered; i++) {
+        const message = pseudoRandomBytes(1 + i * 7, i);
+        await conn.write(message);
+        const echoed = readExactly(conn, message.length);
+        assert.ok(await settlesWithin(echoed, 3000) || !offered, `message ${i} was read and echoed`);
+        if (offered) assert.deepEqual(await echoed, message);
+      }
+      conn.close();
+      server.close();
+    });
+
     test("half-close: the writer shuts down and still receives the full reply", async () => {
       const transport = make();
       const reply = pseudoRandomBytes(3 * 1024 * 1024, 3);

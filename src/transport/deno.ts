@@ -188,9 +188,11 @@ class DenoConn implements Conn, InboundFlow {
     // only when asked, so its answer is written first (one syscall less
     // before it). Bulk data keeps the reads going.
     const interactive = this.#inbound.waiting && n <= SMALL_READ;
-    this.#inbound.push(this.#buffers.filled(n));
+    // Settled first: a reader called back may read again at once, and that
+    // must start the next read.
     if (interactive) this.#reading = false;
-    else this.#readNext();
+    this.#inbound.push(this.#buffers.filled(n));
+    if (!interactive) this.#readNext();
   };
 
   async write(chunk: Uint8Array): Promise<void> {
