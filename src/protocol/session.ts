@@ -9,7 +9,7 @@
 import { Deferred } from "../async.ts";
 import { errorMessage, toError } from "../errors.ts";
 import { formatDuration } from "../log.ts";
-import { type Addr, type Conn, ConnectionClosedError, lends } from "../transport/types.ts";
+import { type Addr, type Conn, ConnectionClosedError, type Lender, lends } from "../transport/types.ts";
 import { EMPTY, FrameDecoder } from "./codec.ts";
 import { ProtocolError } from "./errors.ts";
 import {
@@ -266,7 +266,7 @@ export class Session implements StreamHost {
       }, handshakeTimeout);
     }
     if (options.side === "dialer") this.#sendHello();
-    this.#readLoop();
+    this.#startReading();
   }
 
   /** This end's address. */
@@ -371,37 +371,84 @@ export class Session implements StreamHost {
 
   // ---- Reading and dispatch ----
 
-  async #readLoop(): Promise<void> {
-    try {
-      const conn = this.#conn;
-      // Borrowed chunks go back to the connection once every payload decoded
-      // from them was given back by its stream's reader (see Loan).
-      const lender = lends(conn) ? conn : null;
-      for (;;) {
-        const chunk = await (lender ? lender.readBorrowed() : conn.read());
-        if (chunk === null) break;
-        // After the end, keep reading (and ignoring) until the peer's FIN, so
-        // closing never resets a peer that still has our last frames unread.
-        if (this.#state === "closed") {
-          lender?.giveBack(chunk);
-          continue;
-        }
-        this.#lastReceived = Date.now();
-        this.#awaitingPeer = false;
-        const loan = lender ? new Loan(lender, chunk) : null;
-        this.#loan = loan;
-        try {
-          this.#decoder.push(chunk);
-        } finally {
-          this.#loan = null;
-          loan?.release();
-        }
-      }
-      this.#end("peer closed the connection", null);
-    } catch (error) {
-      if (error instanceof ProtocolError) this.#fail(error);
-      else this.#end(`connection lost: ${errorMessage(error)}`, toError(error));
+  /** Reads the connection until its end: by callbacks where it offers them (no promise per read), else in a loop. */
+  #startReading(): void {
+    const conn = this.#conn;
+    // Borrowed chunks go back to the connection once every payload decoded
+    // from them was given back by its stream's reader (see Loan).
+    const lender = lends(conn) ? conn : null;
+    if (lender?.readBorrowedThen === undefined) {
+      this.#readLoop(lender);
+      return;
     }
+    let pumping = false;
+    let again = false;
+    const onChunk = (chunk: Uint8Array | null): void => {
+      if (chunk === null) return this.#readEnded(null);
+      try {
+        this.#received(chunk, lender);
+      } catch (error) {
+        return this.#readEnded(error);
+      }
+      next();
+    };
+    const onError = (error: Error): void => this.#readEnded(error);
+    // A chunk already queued comes back before readBorrowedThen returns: loop
+    // here instead of recursing once per queued chunk.
+    const next = (): void => {
+      if (pumping) {
+        again = true;
+        return;
+      }
+      pumping = true;
+      do {
+        again = false;
+        lender.readBorrowedThen!(onChunk, onError);
+      } while (again);
+      pumping = false;
+    };
+    next();
+  }
+
+  async #readLoop(lender: Lender | null): Promise<void> {
+    let ended: unknown = null;
+    try {
+      for (;;) {
+        const chunk = await (lender ? lender.readBorrowed() : this.#conn.read());
+        if (chunk === null) break;
+        this.#received(chunk, lender);
+      }
+    } catch (error) {
+      ended = error;
+    }
+    this.#readEnded(ended);
+  }
+
+  /** A chunk arrived: its frames are dispatched. Throws a ProtocolError for a bad frame. */
+  #received(chunk: Uint8Array, lender: Lender | null): void {
+    // After the end, keep reading (and ignoring) until the peer's FIN, so
+    // closing never resets a peer that still has our last frames unread.
+    if (this.#state === "closed") {
+      lender?.giveBack(chunk);
+      return;
+    }
+    this.#lastReceived = Date.now();
+    this.#awaitingPeer = false;
+    const loan = lender ? new Loan(lender, chunk) : null;
+    this.#loan = loan;
+    try {
+      this.#decoder.push(chunk);
+    } finally {
+      this.#loan = null;
+      loan?.release();
+    }
+  }
+
+  /** Reading ended: at the peer's end (`error` null), on a bad frame, or with the connection. */
+  #readEnded(error: unknown): void {
+    if (error === null) this.#end("peer closed the connection", null);
+    else if (error instanceof ProtocolError) this.#fail(error);
+    else this.#end(`connection lost: ${errorMessage(error)}`, toError(error));
     this.#peerEnded.resolve();
   }
 
