@@ -284,6 +284,90 @@ function uint32(value: number): Uint8Array {
   return out;
 }
 
+/**
+ * A connection that lends by callback (as the TCP adapters do), cuts what it
+ * reads into `piece`-byte chunks, and while held keeps them queued: on
+ * release its reader finds thousands of chunks waiting, each handed over
+ * before `readBorrowedThen` returns.
+ */
+class QueueingLender implements Conn {
+  readonly #inner: Conn;
+  readonly #piece: number;
+  readonly #queue: Array<Uint8Array | null> = [];
+  #held = false;
+  #onChunk: ((chunk: Uint8Array | null) => void) | null = null;
+
+  constructor(inner: Conn, piece: number) {
+    this.#inner = inner;
+    this.#piece = piece;
+    this.#pump();
+  }
+
+  get localAddr() {
+    return this.#inner.localAddr;
+  }
+  get remoteAddr() {
+    return this.#inner.remoteAddr;
+  }
+  get closed() {
+    return this.#inner.closed;
+  }
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  hold(): void {
+    this.#held = true;
+  }
+
+  release(): void {
+    this.#held = false;
+    this.#deliver();
+  }
+
+  async #pump(): Promise<void> {
+    for (;;) {
+      const chunk = await this.#inner.read().catch(() => null);
+      if (chunk === null) break;
+      for (let at = 0; at < chunk.length; at += this.#piece) this.#queue.push(chunk.slice(at, at + this.#piece));
+      this.#deliver();
+    }
+    this.#queue.push(null);
+    this.#deliver();
+  }
+
+  #deliver(): void {
+    const onChunk = this.#onChunk;
+    if (this.#held || onChunk === null || this.#queue.length === 0) return;
+    this.#onChunk = null;
+    onChunk(this.#queue.shift()!);
+  }
+
+  readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void): void {
+    if (!this.#held && this.#queue.length > 0) return onChunk(this.#queue.shift()!);
+    this.#onChunk = onChunk;
+  }
+  readBorrowed(): Promise<Uint8Array | null> {
+    return new Promise((resolve) => this.readBorrowedThen(resolve));
+  }
+  read(): Promise<Uint8Array | null> {
+    return this.readBorrowed();
+  }
+  giveBack(): void {}
+  write(chunk: Uint8Array): Promise<void> {
+    return this.#inner.write(chunk);
+  }
+  closeWrite(): Promise<void> {
+    return this.#inner.closeWrite();
+  }
+  close(): void {
+    this.#inner.close();
+  }
+  reset(): void {
+    this.#inner.reset();
+  }
+}
+
 // ---- Tests ----
 
 describe("session handshake", () => {
@@ -864,6 +948,38 @@ describe("session flow control", () => {
       await batch();
       for (const stream of held) stream.close();
       assert.equal(await readViews(await batch()), first, "the budget came back once their streams closed");
+    }),
+  );
+
+  test(
+    "reading by callback, a session takes thousands of queued chunks in order without recursing once per chunk",
+    scoped(async (scope) => {
+      const conns = await connPair(scope, memoryTransport());
+      const lender = new QueueingLender(conns.acceptor, 17);
+      const held: Stream[] = [];
+      const session = scope.session(lender, { side: "acceptor", onStream: (stream) => held.push(stream) });
+      const peer = new RawPeer(conns.dialer);
+      await rawHandshake(session, peer);
+      const count = 30_000;
+      const frames: Uint8Array[] = [encodeFrame(FrameType.CONNECT, 2)];
+      for (let i = 0; i < count; i++) frames.push(encodeFrame(FrameType.TRAFFIC, 2, new Uint8Array([i & 0xff])));
+      lender.hold();
+      await peer.send(...frames);
+      // 16-byte CONNECT plus 17-byte TRAFFIC frames: one chunk per frame, more or less.
+      await waitFor(() => lender.queued >= count, 3000, "all queued");
+      lender.release();
+      await waitFor(() => held.length === 1 && held[0].buffered === count, 3000, "every byte delivered");
+      const chunks: Uint8Array[] = [];
+      for (let n = 0; n < count;) {
+        const chunk = (await held[0].read())!;
+        chunks.push(chunk);
+        n += chunk.length;
+      }
+      const bytes = concat(chunks);
+      for (let i = 0; i < count; i++) {
+        if (bytes[i] !== (i & 0xff)) assert.fail(`byte ${i} out of order`);
+      }
+      assert.equal(session.isClosed, false);
     }),
   );
 
