@@ -368,7 +368,24 @@ export class Stream implements Conn {
    * Large chunks are written from `chunk` itself, so it must stay unchanged
    * until the returned promise resolves.
    */
-  async write(chunk: Uint8Array): Promise<void> {
+  write(chunk: Uint8Array): Promise<void> {
+    // Most writes fit the credit and a frame: framed at once, with no async
+    // function (a promise and a suspended frame per message) around them.
+    const writer = this.#host.writer;
+    const size = chunk.length;
+    if (
+      size > 0 && size <= this.#sendCredit && size <= this.#host.maxFramePayload && !writer.congested &&
+      this.#error === null && !this.#localFin && !this.#released
+    ) {
+      const position = writer.frame(FrameType.TRAFFIC, this.id, chunk);
+      this.#sendCredit -= size;
+      this.#host.countBytes(size, 0);
+      return size >= COPY_LIMIT ? writer.written(position) : Promise.resolve();
+    }
+    return this.#write(chunk);
+  }
+
+  async #write(chunk: Uint8Array): Promise<void> {
     let offset = 0;
     let keptUntil = -1;
     while (offset < chunk.length) {
