@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { bunTransport } from "../src/transport/bun.ts";
 import { denoTransport } from "../src/transport/deno.ts";
-import type { Conn, Listener, Transport } from "../src/transport/types.ts";
+import type { Addr, Conn, Listener, Transport } from "../src/transport/types.ts";
 import { type Matcher, type MatcherOptions, startMatcher } from "../src/matcher.ts";
 import { type Relay, type RelayOptions, startRelay } from "../src/relay.ts";
 
@@ -240,4 +240,38 @@ export function localRelay(
     connections: 1,
     ...options,
   });
+}
+
+/** A connection that passes everything on to `inner`: test doubles extend it and change how it is read. */
+export class WrappedConn implements Conn {
+  protected readonly inner: Conn;
+
+  constructor(inner: Conn) {
+    this.inner = inner;
+  }
+
+  get localAddr(): Addr {
+    return this.inner.localAddr;
+  }
+  get remoteAddr(): Addr {
+    return this.inner.remoteAddr;
+  }
+  get closed(): Promise<void> {
+    return this.inner.closed;
+  }
+  read(): Promise<Uint8Array | null> {
+    return this.inner.read();
+  }
+  write(chunk: Uint8Array): Promise<void> {
+    return this.inner.write(chunk);
+  }
+  closeWrite(): Promise<void> {
+    return this.inner.closeWrite();
+  }
+  close(): void {
+    this.inner.close();
+  }
+  reset(): void {
+    this.inner.reset();
+  }
 }

@@ -13,8 +13,18 @@ import type { Stream } from "../src/protocol/stream.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
 import { MAX_READ, ReadBuffers } from "../src/transport/read_buffers.ts";
 import { prefixConn } from "../src/transport/websocket.ts";
-import type { Addr, Conn } from "../src/transport/types.ts";
-import { concat, connPair, delay, pseudoRandomBytes, readAll, readExactly, tcp, writeAll } from "./_helpers.ts";
+import type { Conn } from "../src/transport/types.ts";
+import {
+  concat,
+  connPair,
+  delay,
+  pseudoRandomBytes,
+  readAll,
+  readExactly,
+  tcp,
+  WrappedConn,
+  writeAll,
+} from "./_helpers.ts";
 
 /** Reads `n` bytes into `buffers` as a socket would, each byte `seed + i`. */
 function fakeRead(buffers: ReadBuffers, size: number, n: number, seed: number): Uint8Array {
@@ -94,30 +104,16 @@ describe("read buffers", () => {
  * buffers: a chunk given back is overwritten at once, so anyone who still
  * uses it afterwards sees 0xee instead of the data.
  */
-class LendingConn implements Conn {
-  readonly #inner: Conn;
+class LendingConn extends WrappedConn {
   readonly #lent = new Set<Uint8Array>();
   givenBack = 0;
-  readonly localAddr: Addr;
-  readonly remoteAddr: Addr;
-  readonly closed: Promise<void>;
-
-  constructor(inner: Conn) {
-    this.#inner = inner;
-    this.localAddr = inner.localAddr;
-    this.remoteAddr = inner.remoteAddr;
-    this.closed = inner.closed;
-  }
 
   get outstanding(): number {
     return this.#lent.size;
   }
 
-  read(): Promise<Uint8Array | null> {
-    return this.#inner.read();
-  }
   async readBorrowed(): Promise<Uint8Array | null> {
-    const chunk = await this.#inner.read();
+    const chunk = await this.inner.read();
     if (chunk === null) return null;
     const lent = chunk.slice();
     this.#lent.add(lent);
@@ -127,18 +123,6 @@ class LendingConn implements Conn {
     assert.ok(this.#lent.delete(chunk), "gave back a chunk that was not lent, or gave it back twice");
     chunk.fill(0xee);
     this.givenBack++;
-  }
-  write(chunk: Uint8Array): Promise<void> {
-    return this.#inner.write(chunk);
-  }
-  closeWrite(): Promise<void> {
-    return this.#inner.closeWrite();
-  }
-  close(): void {
-    this.#inner.close();
-  }
-  reset(): void {
-    this.#inner.reset();
   }
 }
 

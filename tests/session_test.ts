@@ -18,6 +18,7 @@ import {
   settlesWithin,
   tcp,
   waitFor,
+  WrappedConn,
   writeAll,
 } from "./_helpers.ts";
 
@@ -290,28 +291,18 @@ function uint32(value: number): Uint8Array {
  * release its reader finds thousands of chunks waiting, each handed over
  * before `readBorrowedThen` returns.
  */
-class QueueingLender implements Conn {
-  readonly #inner: Conn;
+class QueueingLender extends WrappedConn {
   readonly #piece: number;
   readonly #queue: Array<Uint8Array | null> = [];
   #held = false;
   #onChunk: ((chunk: Uint8Array | null) => void) | null = null;
 
   constructor(inner: Conn, piece: number) {
-    this.#inner = inner;
+    super(inner);
     this.#piece = piece;
     this.#pump();
   }
 
-  get localAddr() {
-    return this.#inner.localAddr;
-  }
-  get remoteAddr() {
-    return this.#inner.remoteAddr;
-  }
-  get closed() {
-    return this.#inner.closed;
-  }
   get queued(): number {
     return this.#queue.length;
   }
@@ -327,7 +318,7 @@ class QueueingLender implements Conn {
 
   async #pump(): Promise<void> {
     for (;;) {
-      const chunk = await this.#inner.read().catch(() => null);
+      const chunk = await this.inner.read().catch(() => null);
       if (chunk === null) break;
       for (let at = 0; at < chunk.length; at += this.#piece) this.#queue.push(chunk.slice(at, at + this.#piece));
       this.#deliver();
@@ -350,22 +341,10 @@ class QueueingLender implements Conn {
   readBorrowed(): Promise<Uint8Array | null> {
     return new Promise((resolve) => this.readBorrowedThen(resolve));
   }
-  read(): Promise<Uint8Array | null> {
+  override read(): Promise<Uint8Array | null> {
     return this.readBorrowed();
   }
   giveBack(): void {}
-  write(chunk: Uint8Array): Promise<void> {
-    return this.#inner.write(chunk);
-  }
-  closeWrite(): Promise<void> {
-    return this.#inner.closeWrite();
-  }
-  close(): void {
-    this.#inner.close();
-  }
-  reset(): void {
-    this.#inner.reset();
-  }
 }
 
 // ---- Tests ----
