@@ -189,8 +189,7 @@ export class Inbound {
       this.#deliver(chunk, this.#readerBorrows);
       onChunk(chunk);
       // Over budget: the next bytes wait in the kernel until the reader asks.
-      // (A reader called back may have closed the connection meanwhile.)
-      if (!this.#paused && !this.#closedLocally && !this.failed && this.#budget?.exceeded) this.#pause();
+      if (!this.#paused && this.#budget?.exceeded) this.#pause();
       return;
     }
     this.#chunks.push(chunk);
@@ -250,6 +249,8 @@ export class Inbound {
   }
 
   #pause(): void {
+    // A reader called back may have closed the connection: its socket is left alone.
+    if (this.#closedLocally || this.failed) return;
     this.#paused = true;
     this.#flow.pause();
   }
