@@ -279,4 +279,29 @@ describe("a connection that replays its first bytes (prefixConn)", () => {
     conn.close();
     dialed.close();
   });
+
+  test("reads by callback where its inner connection does: the prefix, then the socket's bytes, then the end", async () => {
+    const { dialed, accepted } = await connPair(tcp());
+    const conn = prefixConn(accepted, new Uint8Array([1, 2, 3]));
+    // The matcher's relay sessions come through here: without this they read in a promise loop.
+    assert.ok(conn.readBorrowedThen, "callback reads passed through");
+    const sent = pseudoRandomBytes(200_000, 7);
+    await writeAll(dialed, sent);
+    await dialed.closeWrite();
+    const received: Uint8Array[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const onChunk = (chunk: Uint8Array | null) => {
+        if (chunk === null) return resolve();
+        received.push(chunk.slice());
+        conn.giveBack!(chunk);
+        // Asked again after returning, so queued chunks do not recurse.
+        queueMicrotask(() => conn.readBorrowedThen!(onChunk, reject));
+      };
+      conn.readBorrowedThen!(onChunk, reject);
+    });
+    assert.deepEqual([...received[0]], [1, 2, 3]);
+    assert.deepEqual(concat(received.slice(1)), sent);
+    conn.close();
+    dialed.close();
+  });
 });

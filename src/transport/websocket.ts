@@ -899,7 +899,12 @@ export async function wsConnect(conn: Conn, options: WsConnectOptions): Promise<
 
 // ---- Serving WebSocket and raw o3sr on one port ----
 
-/** A Conn that returns `prefix` from its first `read()`, then reads `conn`. */
+/**
+ * A Conn that returns `prefix` from its first read, then reads `conn`. It
+ * borrows, and reads by callback, where `conn` does: the matcher's relay
+ * sessions come through here, and their session reads by callback only if
+ * the connection offers it.
+ */
 export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
   if (prefix === null || prefix.length === 0) return conn;
   let first: Uint8Array | null = prefix;
@@ -910,6 +915,7 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
     return Promise.resolve(chunk);
   };
   const lender = lends(conn) ? conn : null;
+  const readBorrowedThen = lender?.readBorrowedThen?.bind(lender);
   return {
     get localAddr() {
       return conn.localAddr;
@@ -925,11 +931,23 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
         giveBack: (chunk: Uint8Array) => chunk !== prefix && lender.giveBack(chunk),
       }
       : {}),
+    ...(readBorrowedThen
+      ? {
+        readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void) {
+          const chunk = first;
+          if (chunk === null) return readBorrowedThen(onChunk, onError);
+          first = null;
+          onChunk(chunk);
+        },
+      }
+      : {}),
     write: (chunk) => conn.write(chunk),
     closeWrite: () => conn.closeWrite(),
     close: () => conn.close(),
     reset: () => conn.reset(),
-    closed: conn.closed,
+    get closed() {
+      return conn.closed;
+    },
   };
 }
 
