@@ -103,6 +103,21 @@ describe("FrameWriter", () => {
     assert.equal(decodeAll(conn.writes[0]).length, 1000);
   });
 
+  test("writers given frames in the same tick each write theirs, and again after going idle", async () => {
+    const conns = [new HeldConn(), new HeldConn(), new HeldConn()];
+    const writers = conns.map((conn) => newWriter(conn));
+    for (let round = 1; round <= 2; round++) {
+      writers.forEach((writer, i) => writer.frame(FrameType.TRAFFIC, 1 + 2 * i, pseudoRandomBytes(50, 10 * round + i)));
+      for (const conn of conns) await conn.releaseAll();
+      conns.forEach((conn, i) => {
+        assert.equal(conn.writes.length, round, `writer ${i}, round ${round}`);
+        const [frame] = decodeAll(conn.writes[round - 1]);
+        assert.equal(frame.streamId, 1 + 2 * i);
+        assert.deepEqual(frame.payload, pseudoRandomBytes(50, 10 * round + i));
+      });
+    }
+  });
+
   test("both buffers start small and grow without losing or reordering a byte", async () => {
     const conn = new HeldConn();
     const writer = newWriter(conn);

@@ -23,6 +23,10 @@ const INITIAL_BUFFER = 1024;
 /** No buffer: the next frame makes one. */
 const NONE = new Uint8Array(0);
 
+/** Writers with frames queued since the last flush began; kept, not remade, between flushes. */
+const dirty: Array<FrameWriter | undefined> = [];
+let dirtyCount = 0;
+
 /**
  * Payloads at least this long are written from the caller's buffer rather than
  * copied: one more write call costs less than copying them. The caller must
@@ -50,6 +54,14 @@ export class FrameWriter {
   #written = 0;
   #writing = false;
   #failed = false;
+  /** The buffer being written, how far it goes, its cuts, and where writing it has got to. */
+  #out = NONE;
+  #outLength = 0;
+  #outCuts: Cut[] = [];
+  #nextCut = 0;
+  #outFrom = 0;
+  /** Length of the write under way. */
+  #writingLength = 0;
   #drainWaiters: Array<() => void> = [];
   #writtenWaiters: Array<{ position: number; resolve: () => void }> = [];
 
@@ -132,48 +144,108 @@ export class FrameWriter {
     this.#queued += size;
     if (!this.#writing) {
       this.#writing = true;
-      // Defer to a microtask so frames queued in the same tick share one write.
-      queueMicrotask(() => this.#flush());
+      // Flushed in a microtask, so frames queued in the same tick share one write.
+      if (dirtyCount === 0) queueMicrotask(FrameWriter.#flushDirty);
+      dirty[dirtyCount++] = this;
     }
     return at;
   }
 
-  async #flush(): Promise<void> {
-    try {
-      while (this.#fillLength > 0 && !this.#failed) {
-        const buffer = this.#fill;
-        const length = this.#fillLength;
-        const cuts = this.#fillCuts;
-        this.#fill = this.#spare;
-        this.#fillLength = 0;
-        this.#fillCuts = [];
-        this.#spare = buffer;
-        let from = 0;
-        for (const cut of cuts) {
-          await this.#write(buffer.subarray(from, cut.at));
-          await this.#write(cut.payload);
-          from = cut.at;
-        }
-        if (from < length) await this.#write(buffer.subarray(from, length));
+  /** One microtask for every writer that got frames this tick, instead of a closure and a task each. */
+  static #flushDirty(): void {
+    // Writers dirtied meanwhile join this pass.
+    for (let i = 0; i < dirtyCount; i++) {
+      const writer = dirty[i]!;
+      dirty[i] = undefined;
+      try {
+        writer.#writeNext();
+      } catch (error) {
+        // Only an onError that throws gets here; the other writers still flush.
+        queueMicrotask(() => {
+          throw error;
+        });
       }
-    } catch (error) {
-      this.#failed = true;
+    }
+    dirtyCount = 0;
+  }
+
+  // The flush goes on in callbacks bound once, not in an async function: no
+  // promises and suspended frames per flush and per write besides the
+  // connection's own.
+
+  /** Writes the next piece of output, moving on to the buffer filled meanwhile; stops when all is written. */
+  #writeNext(): void {
+    for (;;) {
+      if (this.#failed) return this.#stop();
+      const cuts = this.#outCuts;
+      if (this.#nextCut < cuts.length) {
+        const cut = cuts[this.#nextCut];
+        if (this.#outFrom < cut.at) {
+          const from = this.#outFrom;
+          this.#outFrom = cut.at;
+          return this.#write(this.#out.subarray(from, cut.at));
+        }
+        this.#nextCut++;
+        return this.#write(cut.payload);
+      }
+      if (this.#outFrom < this.#outLength) {
+        const from = this.#outFrom;
+        this.#outFrom = this.#outLength;
+        return this.#write(this.#out.subarray(from, this.#outLength));
+      }
+      if (this.#fillLength === 0) return this.#stop();
+      // The buffer written so far becomes the spare; the filled one goes out.
+      const spare = this.#out === NONE ? this.#spare : this.#out;
+      this.#out = this.#fill;
+      this.#outLength = this.#fillLength;
+      this.#outCuts = this.#fillCuts;
+      this.#nextCut = 0;
+      this.#outFrom = 0;
+      this.#fill = spare;
       this.#fillLength = 0;
-      this.#fillCuts = [];
-      this.#written = this.#queued;
-      this.#onError(error);
-    } finally {
-      this.#writing = false;
-      if (this.#spare.length <= INITIAL_BUFFER) this.#spare = NONE;
-      if (this.#fillLength === 0 && this.#fill.length <= INITIAL_BUFFER) this.#fill = NONE;
-      this.#wake();
+      // The cut lists swap too, so a flush makes no array.
+      const spareCuts = cuts;
+      spareCuts.length = 0;
+      this.#fillCuts = spareCuts;
+      this.#spare = NONE;
     }
   }
 
-  async #write(bytes: Uint8Array): Promise<void> {
-    if (this.#failed) return;
-    await this.#conn.write(bytes);
-    this.#written += bytes.length;
+  #write(bytes: Uint8Array): void {
+    this.#writingLength = bytes.length;
+    let written: Promise<void>;
+    try {
+      written = this.#conn.write(bytes);
+    } catch (error) {
+      return this.#writeFailed(error);
+    }
+    written.then(this.#wrote, this.#writeFailed);
+  }
+
+  readonly #wrote = (): void => {
+    this.#written += this.#writingLength;
+    this.#wake();
+    this.#writeNext();
+  };
+
+  readonly #writeFailed = (error: unknown): void => {
+    this.#failed = true;
+    this.#fillLength = 0;
+    this.#fillCuts.length = 0;
+    this.#written = this.#queued;
+    this.#onError(error);
+    this.#stop();
+  };
+
+  /** Nothing left to write (or the writer failed): small buffers are let go, waiters learn. */
+  #stop(): void {
+    this.#writing = false;
+    const out = this.#out;
+    this.#out = NONE;
+    this.#outLength = this.#outFrom = this.#nextCut = 0;
+    this.#outCuts.length = 0;
+    if (out.length > INITIAL_BUFFER) this.#spare = out;
+    if (this.#fillLength === 0 && this.#fill.length <= INITIAL_BUFFER) this.#fill = NONE;
     this.#wake();
   }
 
