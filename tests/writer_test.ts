@@ -118,6 +118,25 @@ describe("FrameWriter", () => {
     }
   });
 
+  test("a buffer an idle writer lets go serves another writer only once its write completed", async () => {
+    const [a, b, c] = [new HeldConn(), new HeldConn(), new HeldConn()];
+    const [writerA, writerB, writerC] = [newWriter(a), newWriter(b), newWriter(c)];
+    const payload = (seed: number) => pseudoRandomBytes(200, seed);
+    writerA.frame(FrameType.TRAFFIC, 1, payload(1));
+    await new Promise((resolve) => setTimeout(resolve, 0)); // A's write is out, and held
+    for (let i = 0; i < 5; i++) {
+      // B goes idle after every message, letting its buffer go each time.
+      writerB.frame(FrameType.TRAFFIC, 3, payload(10 + i));
+      await b.releaseAll();
+    }
+    assert.deepEqual(decodeAll(a.writes[0])[0].payload, payload(1), "A's held write intact");
+    await a.releaseAll();
+    writerC.frame(FrameType.TRAFFIC, 5, payload(20));
+    await c.releaseAll();
+    assert.deepEqual(decodeAll(c.writes[0])[0].payload, payload(20));
+    assert.equal(b.writes.length, 5);
+  });
+
   test("both buffers start small and grow without losing or reordering a byte", async () => {
     const conn = new HeldConn();
     const writer = newWriter(conn);

@@ -17,11 +17,24 @@ import { HEADER_LENGTH } from "./frame.ts";
 // relay hold thousands of writers, and a busy one grows its two buffers to
 // fit. 1 KiB holds a handshake and a few control frames; against 4 KiB it cut
 // an idle `event` client from 51 to 35 KiB (Bun, 5,000 clients). Buffers no
-// larger than this are let go whenever the writer is idle: making one again
-// costs far less than the write it is for, and an idle writer then holds none.
+// larger than this are let go whenever the writer is idle, so an idle writer
+// holds none; the next writer with frames takes one of them, so a writer that
+// goes idle after every message (an interactive session) makes none per message.
 const INITIAL_BUFFER = 1024;
-/** No buffer: the next frame makes one. */
+/** No buffer: the next frame takes one. */
 const NONE = new Uint8Array(0);
+
+/** Buffers of {@linkcode INITIAL_BUFFER} bytes idle writers let go, for any writer; at most {@linkcode IDLE_BUFFERS}. */
+const idleBuffers: Uint8Array<ArrayBuffer>[] = [];
+const IDLE_BUFFERS = 64;
+
+function takeBuffer(): Uint8Array<ArrayBuffer> {
+  return idleBuffers.pop() ?? new Uint8Array(INITIAL_BUFFER);
+}
+
+function letGo(buffer: Uint8Array<ArrayBuffer>): void {
+  if (buffer.length === INITIAL_BUFFER && idleBuffers.length < IDLE_BUFFERS) idleBuffers.push(buffer);
+}
 
 /** Writers with frames queued since the last flush began; kept, not remade, between flushes. */
 const dirty: Array<FrameWriter | undefined> = [];
@@ -136,9 +149,14 @@ export class FrameWriter {
   #reserve(size: number): number {
     const at = this.#fillLength;
     if (at + size > this.#fill.length) {
-      const grown = new Uint8Array(Math.max(this.#fill.length * 2, at + size, INITIAL_BUFFER));
-      grown.set(this.#fill.subarray(0, at));
-      this.#fill = grown;
+      if (at === 0 && size <= INITIAL_BUFFER) {
+        this.#fill = takeBuffer();
+      } else {
+        const grown = new Uint8Array(Math.max(this.#fill.length * 2, at + size, INITIAL_BUFFER));
+        grown.set(this.#fill.subarray(0, at));
+        letGo(this.#fill);
+        this.#fill = grown;
+      }
     }
     this.#fillLength = at + size;
     this.#queued += size;
@@ -245,7 +263,11 @@ export class FrameWriter {
     this.#outLength = this.#outFrom = this.#nextCut = 0;
     this.#outCuts.length = 0;
     if (out.length > INITIAL_BUFFER) this.#spare = out;
-    if (this.#fillLength === 0 && this.#fill.length <= INITIAL_BUFFER) this.#fill = NONE;
+    else letGo(out);
+    if (this.#fillLength === 0 && this.#fill.length <= INITIAL_BUFFER) {
+      letGo(this.#fill);
+      this.#fill = NONE;
+    }
     this.#wake();
   }
 
