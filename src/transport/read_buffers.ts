@@ -64,8 +64,12 @@ export class ReadBuffers {
     let slab = this.#current;
     if (slab.out === 0 && !slab.kept && slab.bytes.length >= size) slab.used = 0;
     if (slab.bytes.length - slab.used < size) {
-      if (slab.out > 0) this.#moveOn(slab);
-      else this.#retire(slab.bytes.buffer, slab.kept);
+      // Only full-size buffers are ever read into again, so only they are
+      // followed once reads move on; a small one is left to its chunks.
+      if (slab.bytes.length === MAX_READ) {
+        if (slab.out > 0) this.#moveOn(slab);
+        else this.#retire(slab.bytes.buffer, slab.kept);
+      }
       const length = size >= BULK_READ ? MAX_READ : size;
       const bytes = (length === MAX_READ ? freeBuffers.pop() : undefined) ?? new Uint8Array(length);
       slab = this.#current = { bytes, used: 0, out: 0, kept: false };
@@ -108,12 +112,14 @@ export class ReadBuffers {
       return;
     }
     const older = this.#older;
-    const at = older?.findIndex((entry) => entry.memory.deref() === chunk.buffer) ?? -1;
-    if (at < 0) return;
-    const entry = older![at];
+    if (older === null) return;
+    let at = 0;
+    while (at < older.length && older[at].memory.deref() !== chunk.buffer) at++;
+    if (at === older.length) return;
+    const entry = older[at];
     entry.kept ||= kept;
     if (--entry.out > 0) return;
-    older!.splice(at, 1);
+    older.splice(at, 1);
     const memory = entry.memory.deref();
     if (memory !== undefined) this.#retire(memory, entry.kept);
   }
