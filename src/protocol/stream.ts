@@ -155,7 +155,13 @@ export class Stream implements Conn {
   #onError: ((error: Error) => void) | null = null;
   /** Whether the waiting reader borrows (see {@linkcode Stream.readBorrowed}). */
   #readerBorrows = false;
-  /** Received payloads still part of a chunk the session borrowed, queued or lent on. */
+  /**
+   * Received payloads still part of a chunk the session borrowed, queued or
+   * lent on: the first in a slot of its own (an interactive stream has one at
+   * a time, and then makes no map per message), the others in a map.
+   */
+  #lentChunk: Uint8Array | null = null;
+  #lentLoan: Loan | null = null;
   #loans: Map<Uint8Array, Loan> | null = null;
 
   // Sending.
@@ -305,6 +311,11 @@ export class Stream implements Conn {
 
   /** Returns a chunk from {@linkcode Stream.readBorrowed}; it must not be touched afterwards. */
   giveBack(chunk: Uint8Array): void {
+    if (chunk === this.#lentChunk) {
+      const loan = this.#lentLoan!;
+      this.#lentChunk = this.#lentLoan = null;
+      return loan.release();
+    }
     const loans = this.#loans;
     if (loans === null) return;
     loans.get(chunk)?.release();
@@ -352,7 +363,7 @@ export class Stream implements Conn {
 
   /** `chunk`, made the reader's to keep: a copy if it is lent memory. */
   #keep(chunk: Uint8Array): Uint8Array {
-    if (this.#loans?.has(chunk) !== true) return chunk;
+    if (chunk !== this.#lentChunk && this.#loans?.has(chunk) !== true) return chunk;
     const copy = chunk.slice();
     this.giveBack(chunk);
     return copy;
@@ -360,6 +371,11 @@ export class Stream implements Conn {
 
   #borrow(payload: Uint8Array, loan: Loan): void {
     loan.hold();
+    if (this.#lentChunk === null) {
+      this.#lentChunk = payload;
+      this.#lentLoan = loan;
+      return;
+    }
     (this.#loans ??= new Map()).set(payload, loan);
   }
 
