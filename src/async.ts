@@ -4,6 +4,13 @@
  * @module
  */
 
+/**
+ * A promise that is already resolved, shared: a hot path that returns it
+ * instead of `Promise.resolve()` makes no promise per call. Safe to share,
+ * since a settled promise never changes.
+ */
+export const RESOLVED: Promise<void> = Promise.resolve();
+
 /** Resolves when `promise` settles or after `ms`, whichever comes first. */
 export function waitUntil(promise: Promise<unknown>, ms: number): Promise<void> {
   return new Promise((resolve) => {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { Deferred, endSignal } from "../async.ts";
+import { Deferred, endSignal, RESOLVED } from "../async.ts";
 import { callBack, type ReadNow, settled, WAIT } from "../transport/reads.ts";
 import type { Addr, Conn, Lender } from "../transport/types.ts";
 import { ConnectionClosedError } from "../transport/types.ts";
@@ -396,7 +396,7 @@ export class Stream implements Conn {
       const position = writer.frame(FrameType.TRAFFIC, this.id, chunk);
       this.#sendCredit -= size;
       this.#host.countBytes(size, 0);
-      return size >= COPY_LIMIT ? writer.written(position) : Promise.resolve();
+      return size >= COPY_LIMIT ? writer.written(position) : RESOLVED;
     }
     return this.#write(chunk);
   }

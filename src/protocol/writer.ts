@@ -9,6 +9,7 @@
  * @module
  */
 
+import { RESOLVED } from "../async.ts";
 import type { Conn } from "../transport/types.ts";
 import { writeHeader, writeUint32 } from "./codec.ts";
 import { HEADER_LENGTH } from "./frame.ts";
@@ -101,7 +102,7 @@ export class FrameWriter {
 
   /** Resolves once the queue is below the high-water mark again (or the writer failed). */
   drained(): Promise<void> {
-    if (!this.congested || this.#failed) return Promise.resolve();
+    if (!this.congested || this.#failed) return RESOLVED;
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
@@ -137,7 +138,7 @@ export class FrameWriter {
 
   /** Resolves once the output up to `position` was handed to the connection (or the writer failed). */
   written(position: number): Promise<void> {
-    if (this.#written >= position || this.#failed) return Promise.resolve();
+    if (this.#written >= position || this.#failed) return RESOLVED;
     return new Promise((resolve) => this.#writtenWaiters.push({ position, resolve }));
   }
 

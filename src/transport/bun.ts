@@ -17,7 +17,7 @@
  * @module
  */
 
-import { type Deferred, endSignal } from "../async.ts";
+import { type Deferred, endSignal, RESOLVED } from "../async.ts";
 import {
   checkFingerprint,
   checkListenTls,
@@ -198,7 +198,7 @@ class BunConn implements Conn, InboundFlow {
       return Promise.reject(new ConnectionClosedError("write after close"));
     }
     const written = this.#socket!.write(chunk);
-    if (written === chunk.length) return Promise.resolve();
+    if (written === chunk.length) return RESOLVED;
     if (written < 0) {
       this.#fail("connection closed");
       return Promise.reject(this.#inbound.error!);
