@@ -10,7 +10,7 @@ import { Deferred } from "../async.ts";
 import { errorMessage, toError } from "../errors.ts";
 import { formatDuration } from "../log.ts";
 import { type Addr, type Conn, ConnectionClosedError, type Lender, lends } from "../transport/types.ts";
-import { EMPTY, FrameDecoder } from "./codec.ts";
+import { EMPTY, FrameDecoder, readUint32 } from "./codec.ts";
 import { ProtocolError } from "./errors.ts";
 import {
   type Frame,
@@ -497,7 +497,7 @@ export class Session implements StreamHost {
         if (payload.length !== 4) {
           throw new ProtocolError("bad-frame", `peer sent a WINDOW frame of ${payload.length} bytes; it must be 4`);
         }
-        return stream.receiveWindow(new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0));
+        return stream.receiveWindow(readUint32(payload, 0));
       case FrameType.FIN:
         return stream.receiveFin();
       case FrameType.DISCONNECT:

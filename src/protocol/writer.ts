@@ -2,7 +2,8 @@
  * Coalescing frame writer: headers and small frames are encoded straight into
  * one of two buffers; while one is being written to the connection the next
  * fills up, so a burst of small frames costs one write, and buffers that grew
- * are reused (small ones are let go while the writer is idle). Large payloads
+ * are reused (small ones go to a pool the process's writers share while the
+ * writer is idle). Large payloads
  * are not copied: they are written from the caller's buffer, between the bytes
  * queued before and after them.
  *
@@ -223,9 +224,8 @@ export class FrameWriter {
       this.#fill = spare;
       this.#fillLength = 0;
       // The cut lists swap too, so a flush makes no array.
-      const spareCuts = cuts;
-      spareCuts.length = 0;
-      this.#fillCuts = spareCuts;
+      cuts.length = 0;
+      this.#fillCuts = cuts;
       this.#spare = NONE;
     }
   }
