@@ -157,6 +157,32 @@ describe("FrameWriter", () => {
     assert.equal(writer.pending, 0);
   });
 
+  test("a write that fails after others, or throws at once, is reported once and ends the writer", async () => {
+    const conn = new HeldConn();
+    const errors: unknown[] = [];
+    const writer = newWriter(conn, errors);
+    writer.frame(FrameType.TRAFFIC, 1, pseudoRandomBytes(100, 1));
+    await conn.releaseAll();
+    const position = writer.frame(FrameType.TRAFFIC, 1, pseudoRandomBytes(COPY_LIMIT * 2, 2));
+    conn.fail = new Error("connection reset");
+    await writer.written(position);
+    assert.deepEqual(errors.map((error) => (error as Error).message), ["connection reset"]);
+    assert.equal(conn.writes.length, 1, "nothing written after the failure");
+
+    const throwing = {
+      write: () => {
+        throw new Error("socket gone");
+      },
+    };
+    const thrownErrors: unknown[] = [];
+    const other = new FrameWriter(throwing as unknown as Conn, 256 * 1024, (error) => thrownErrors.push(error));
+    other.frame(FrameType.TRAFFIC, 3, pseudoRandomBytes(10, 3));
+    await other.flushed();
+    other.frame(FrameType.FIN, 3);
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    assert.deepEqual(thrownErrors.map((error) => (error as Error).message), ["socket gone"]);
+  });
+
   test("a failed write is reported once, and waiters are released", async () => {
     const conn = new HeldConn();
     const errors: unknown[] = [];
