@@ -22,6 +22,7 @@ import {
   readAll,
   readExactly,
   tcp,
+  waitFor,
   WrappedConn,
   writeAll,
 } from "./_helpers.ts";
@@ -201,6 +202,37 @@ describe("a session borrowing its connection's chunks", () => {
       }
       assert.ok(lending.givenBack > 0, "the session never gave a chunk back");
       assert.equal(lending.outstanding, 0, "chunks the session never gave back");
+    } finally {
+      close();
+    }
+  });
+});
+
+describe("a stream holding several borrowed payloads", () => {
+  test("gives each one's chunk back when that payload comes back, in any order, and only then", async () => {
+    const { dialed: dialerConn, accepted } = await connPair(memoryTransport());
+    const lending = new LendingConn(accepted);
+    const streams: Stream[] = [];
+    const { dialer, close } = await sessionsOver(dialerConn, lending, (stream) => streams.push(stream));
+    try {
+      const sent = [1, 2, 3].map((seed) => pseudoRandomBytes(20_000, seed));
+      const stream = dialer.openStream();
+      for (const data of sent) await stream.write(data);
+      // Each payload is a chunk of its own here (the writer sends a large payload apart from its header).
+      await waitFor(() => streams.length === 1 && lending.outstanding === 3, 5000, "all three queued");
+      const [receiving] = streams;
+      // The first lands in the stream's own slot, the others in its map.
+      const got = [];
+      for (let i = 0; i < 3; i++) got.push((await receiving.readBorrowed())!);
+      for (const i of [1, 2, 0]) {
+        got.forEach((chunk, j) => {
+          if (chunk.length > 0) assert.deepEqual(chunk, sent[j], `payload ${j} intact before ${i} comes back`);
+        });
+        receiving.giveBack(got[i]);
+        got[i] = new Uint8Array(0);
+      }
+      assert.equal(lending.outstanding, 0, "each payload's chunk given back");
+      stream.reset();
     } finally {
       close();
     }
