@@ -908,11 +908,15 @@ export async function wsConnect(conn: Conn, options: WsConnectOptions): Promise<
 export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
   if (prefix === null || prefix.length === 0) return conn;
   let first: Uint8Array | null = prefix;
-  const replay = (read: () => Promise<Uint8Array | null>) => () => {
+  /** The prefix the first time, then null. */
+  const takePrefix = (): Uint8Array | null => {
     const chunk = first;
-    if (chunk === null) return read();
     first = null;
-    return Promise.resolve(chunk);
+    return chunk;
+  };
+  const replay = (read: () => Promise<Uint8Array | null>) => () => {
+    const chunk = takePrefix();
+    return chunk === null ? read() : Promise.resolve(chunk);
   };
   const lender = lends(conn) ? conn : null;
   const readBorrowedThen = lender?.readBorrowedThen?.bind(lender);
@@ -934,9 +938,8 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
     ...(readBorrowedThen
       ? {
         readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void) {
-          const chunk = first;
+          const chunk = takePrefix();
           if (chunk === null) return readBorrowedThen(onChunk, onError);
-          first = null;
           onChunk(chunk);
         },
       }
