@@ -555,6 +555,10 @@ class MatcherServer implements Matcher {
       get available() {
         return session.acceptingStreams && !this.taken && session.openStreams < max;
       },
+      claim() {
+        // Taken when picked, not when its stream opens: clients woken together pick in turn.
+        if (channel === "pool") this.taken = true;
+      },
     };
     this.#relays.push(relay);
     this.#relaySessionsTotal.inc();
@@ -762,7 +766,6 @@ class MatcherServer implements Matcher {
   async #openStream(relay: RelaySession, service: string, client: string): Promise<Opened> {
     const meta = { client, service };
     let session = relay.session;
-    if (relay.channel === "pool") relay.taken = true;
     if (relay.channel === "event") {
       const ticket = crypto.randomUUID();
       const timeout = this.#options.connectTimeout ?? 10_000;

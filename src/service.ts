@@ -25,6 +25,11 @@ export interface PoolMember {
   readonly openStreams: number;
   /** Whether it takes a new stream now. */
   readonly available: boolean;
+  /**
+   * Called when it is picked for a client. A member that carries one client
+   * leaves the pool here, so no other client picks it meanwhile.
+   */
+  claim?(): void;
 }
 
 /** One public port and the relays behind it. */
@@ -83,16 +88,21 @@ export class Service<R extends PoolMember> {
     const candidates = this.#members.filter((relay) => relay.available && !tried.has(relay));
     if (candidates.length === 0) return null;
     const healthy = candidates.filter((relay) => (this.#health.get(relay)?.skipUntil ?? 0) <= now);
-    return this.#pick(healthy.length > 0 ? healthy : candidates);
+    const picked = this.#pick(healthy.length > 0 ? healthy : candidates);
+    picked.claim?.();
+    return picked;
   }
 
   /** Waits up to `ms` for a relay to join; null on timeout or {@linkcode Service.release}. */
   waitForRelay(ms: number): Promise<R | null> {
     return new Promise((resolve) => {
       const wake = (relay: R | null) => {
+        // Several clients may wake for one relay; each goes through the picker,
+        // and one the others left nothing to (a pool session is claimed) waits on.
+        const picked = relay === null ? null : this.pick();
+        if (relay !== null && picked === null) return void this.#waiting.push(wake);
         clearTimeout(timer);
-        // Several clients may wake for one relay; each goes through the picker.
-        resolve(relay === null ? null : this.pick());
+        resolve(picked);
       };
       const timer = setTimeout(() => {
         this.#waiting = this.#waiting.filter((w) => w !== wake);

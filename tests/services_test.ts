@@ -334,6 +334,29 @@ describe("connection modes", () => {
     });
   }
 
+  test("pool: clients that wait for a session get one each, not one between them", async () => {
+    const dest = await serve(transport, echo);
+    const matcher = await matcherWith();
+    const relay = relayTo(matcher, { destHost: "127.0.0.1", destPort: dest.port, channel: "pool", poolSize: 2 });
+    await relay.connected();
+    // Eight clients at once for a pool of two: six wait while sessions are replaced.
+    const clients = await Promise.all(Array.from({ length: 8 }, async (_, i) => {
+      const conn = await dial(matcher.clientAddr.port);
+      await conn.write(encoder.encode(`client ${i}`));
+      assert.equal(decoder.decode(await conn.read() ?? undefined), `client ${i}`);
+      return conn;
+    }));
+    // All eight still open, each on a session of its own (fresh sessions may
+    // still have their registration stream open: one stream as well).
+    const open = matcher.stats().relays.map((r) => r.openStreams);
+    assert.ok(open.every((streams) => streams <= 1), `streams per session: ${open}`);
+    assert.ok(open.filter((streams) => streams === 1).length >= 8, `streams per session: ${open}`);
+    for (const conn of clients) conn.close();
+    await relay.close();
+    await matcher.close();
+    dest.close();
+  });
+
   test("event: a relay that never opens the data session lets the client fail over", async () => {
     const dest = await named("mux-relay");
     const matcher = await matcherWith({ balance: "round-robin", connectTimeout: 300 });
