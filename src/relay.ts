@@ -554,12 +554,20 @@ class RelayClient extends EventTarget implements Relay {
     const ticket = String(request.meta.dial);
     request.reset("dialing");
     try {
-      const session = await this.#dial(target, "data", { ticket });
-      this.#dataSessions.add(session);
-      session.closed.then(() => this.#dataSessions.delete(session));
+      this.#keepDataSession(await this.#dial(target, "data", { ticket }));
     } catch (error) {
       this.#log.warn("could not open a session for a client", { matcher: target.label, error: errorMessage(error) });
     }
+  }
+
+  /**
+   * Tracks a data session until it ends. Not inline in the async caller: a
+   * callback made there would keep the caller's whole frame, request stream
+   * and all, for as long as the session carries its client.
+   */
+  #keepDataSession(session: Session): void {
+    this.#dataSessions.add(session);
+    session.closed.then(() => this.#dataSessions.delete(session));
   }
 
   #connectDestination(destination: Destination): Promise<Conn> {

@@ -166,6 +166,10 @@ const MIN_FRAME_LIMIT = 1024;
 const LINGER = 1000;
 
 const encoder = new TextEncoder();
+
+/** A PING's payload, its send time: filled in and copied into each PING frame as it is queued. */
+const PING = new Uint8Array(8);
+const PING_VIEW = new DataView(PING.buffer);
 const decoder = new TextDecoder();
 
 /** Streams multiplexed over one connection. */
@@ -626,7 +630,10 @@ export class Session implements StreamHost {
 
   #open(): void {
     this.#state = "open";
+    // Dropped, not only cleared: a session of the pool or event channel lives
+    // as long as its client, and the timer with its closure would too.
     if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
+    this.#handshakeTimer = null;
     this.#startHeartbeat();
     this.#ready.resolve(this.#peerHello!);
   }
@@ -673,8 +680,6 @@ export class Session implements StreamHost {
     const interval = this.#options.heartbeatInterval ?? SESSION_DEFAULTS.heartbeatInterval;
     if (interval <= 0) return;
     const timeout = this.#options.heartbeatTimeout ?? SESSION_DEFAULTS.heartbeatTimeout;
-    const ping = new Uint8Array(8);
-    const view = new DataView(ping.buffer);
     this.#timer = setInterval(() => {
       const silent = Date.now() - this.#lastReceived;
       // Only silence after a PING counts: with an interval above the timeout a
@@ -682,8 +687,9 @@ export class Session implements StreamHost {
       if (silent >= timeout && this.#awaitingPeer) {
         return this.#end(`peer silent for ${formatDuration(silent)} (heartbeat timeout)`, null);
       }
-      view.setFloat64(0, Date.now());
-      this.writer.frame(FrameType.PING, 0, ping);
+      PING_VIEW.setFloat64(0, Date.now());
+      // Copied into the frame buffer at once, so one buffer serves every session.
+      this.writer.frame(FrameType.PING, 0, PING);
       this.#awaitingPeer = true;
     }, interval);
   }
