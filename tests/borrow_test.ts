@@ -312,6 +312,26 @@ describe("a connection that replays its first bytes (prefixConn)", () => {
     dialed.close();
   });
 
+  test("reads by callback over a lender that only has promise reads", async () => {
+    const { dialed, accepted } = await connPair(memoryTransport());
+    const lending = new LendingConn(accepted);
+    assert.equal("readBorrowedThen" in lending, false);
+    const conn = prefixConn(lending, new Uint8Array([1, 2, 3]));
+    await dialed.write(new Uint8Array([4, 5]));
+    await dialed.closeWrite();
+    const next = () => new Promise<Uint8Array | null>((resolve, reject) => conn.readBorrowedThen!(resolve, reject));
+    const first = (await next())!;
+    assert.deepEqual([...first], [1, 2, 3]);
+    conn.giveBack!(first);
+    const second = (await next())!;
+    assert.deepEqual([...second], [4, 5]);
+    conn.giveBack!(second);
+    assert.equal(lending.givenBack, 1);
+    assert.equal(await next(), null);
+    conn.close();
+    dialed.close();
+  });
+
   test("reads by callback where its inner connection does: the prefix, then the socket's bytes, then the end", async () => {
     const { dialed, accepted } = await connPair(tcp());
     const conn = prefixConn(accepted, new Uint8Array([1, 2, 3]));

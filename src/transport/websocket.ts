@@ -32,6 +32,7 @@ import {
   ConnectionClosedError,
   type ConnectOptions,
   formatAddr,
+  type Lender,
   lends,
   type ListenOptions,
   type Transport,
@@ -901,57 +902,103 @@ export async function wsConnect(conn: Conn, options: WsConnectOptions): Promise<
 
 /**
  * A Conn that returns `prefix` from its first read, then reads `conn`. It
- * borrows, and reads by callback, where `conn` does: the matcher's relay
+ * borrows, and reads by callback, where `conn` lends: the matcher's relay
  * sessions come through here, and their session reads by callback only if
  * the connection offers it.
  */
 export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
   if (prefix === null || prefix.length === 0) return conn;
-  let first: Uint8Array | null = prefix;
+  return lends(conn) ? new LendingPrefixConn(conn, prefix) : new PrefixConn(conn, prefix);
+}
+
+// Classes, not an object of closures: an event or pool relay session holds
+// one per client, and a dozen closures, getters and their scope cost each one
+// about 0.7 KiB more.
+
+/** Replays a first chunk, then reads the connection it wraps. */
+class PrefixConn implements Conn {
+  readonly #conn: Conn;
+  #prefix: Uint8Array | null;
+
+  constructor(conn: Conn, prefix: Uint8Array) {
+    this.#conn = conn;
+    this.#prefix = prefix;
+  }
+
+  get localAddr(): Addr {
+    return this.#conn.localAddr;
+  }
+
+  get remoteAddr(): Addr {
+    return this.#conn.remoteAddr;
+  }
+
+  get closed(): Promise<void> {
+    return this.#conn.closed;
+  }
+
   /** The prefix the first time, then null. */
-  const takePrefix = (): Uint8Array | null => {
-    const chunk = first;
-    first = null;
+  protected takePrefix(): Uint8Array | null {
+    const chunk = this.#prefix;
+    this.#prefix = null;
     return chunk;
-  };
-  const replay = (read: () => Promise<Uint8Array | null>) => () => {
-    const chunk = takePrefix();
-    return chunk === null ? read() : Promise.resolve(chunk);
-  };
-  const lender = lends(conn) ? conn : null;
-  const readBorrowedThen = lender?.readBorrowedThen?.bind(lender);
-  return {
-    get localAddr() {
-      return conn.localAddr;
-    },
-    get remoteAddr() {
-      return conn.remoteAddr;
-    },
-    read: replay(() => conn.read()),
-    // The prefix was never lent, so it is not given back.
-    ...(lender
-      ? {
-        readBorrowed: replay(() => lender.readBorrowed()),
-        giveBack: (chunk: Uint8Array) => chunk !== prefix && lender.giveBack(chunk),
-      }
-      : {}),
-    ...(readBorrowedThen
-      ? {
-        readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void) {
-          const chunk = takePrefix();
-          if (chunk === null) return readBorrowedThen(onChunk, onError);
-          onChunk(chunk);
-        },
-      }
-      : {}),
-    write: (chunk) => conn.write(chunk),
-    closeWrite: () => conn.closeWrite(),
-    close: () => conn.close(),
-    reset: () => conn.reset(),
-    get closed() {
-      return conn.closed;
-    },
-  };
+  }
+
+  read(): Promise<Uint8Array | null> {
+    const chunk = this.takePrefix();
+    return chunk === null ? this.#conn.read() : Promise.resolve(chunk);
+  }
+
+  write(chunk: Uint8Array): Promise<void> {
+    return this.#conn.write(chunk);
+  }
+
+  closeWrite(): Promise<void> {
+    return this.#conn.closeWrite();
+  }
+
+  close(): void {
+    this.#conn.close();
+  }
+
+  reset(): void {
+    this.#conn.reset();
+  }
+}
+
+/** A {@linkcode PrefixConn} over a connection that lends its chunks: lends them too. */
+class LendingPrefixConn extends PrefixConn {
+  readonly #lender: Lender;
+  /** The prefix while it is borrowed: it was never the lender's, so it is not given back to it. */
+  #prefixOut: Uint8Array | null = null;
+
+  constructor(lender: Lender, prefix: Uint8Array) {
+    super(lender, prefix);
+    this.#lender = lender;
+  }
+
+  readBorrowed(): Promise<Uint8Array | null> {
+    const chunk = this.#lendPrefix();
+    return chunk === null ? this.#lender.readBorrowed() : Promise.resolve(chunk);
+  }
+
+  readBorrowedThen(onChunk: (chunk: Uint8Array | null) => void, onError: (error: Error) => void): void {
+    const chunk = this.#lendPrefix();
+    if (chunk !== null) onChunk(chunk);
+    else if (this.#lender.readBorrowedThen) this.#lender.readBorrowedThen(onChunk, onError);
+    else this.#lender.readBorrowed().then(onChunk, onError);
+  }
+
+  giveBack(chunk: Uint8Array): void {
+    if (chunk === this.#prefixOut) this.#prefixOut = null;
+    else this.#lender.giveBack(chunk);
+  }
+
+  #lendPrefix(): Uint8Array | null {
+    const chunk = this.takePrefix();
+    if (chunk !== null) this.#prefixOut = chunk;
+    return chunk;
+  }
 }
 
 /**
