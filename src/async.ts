@@ -64,6 +64,9 @@ export function sleep(ms: number, cancel?: Promise<unknown>): Promise<void> {
   });
 }
 
+/** Settled with no value, or settled after its promise was made (which then holds the value): shared. */
+const SETTLED = { value: undefined };
+
 /**
  * A promise made only if someone asks for it, settled from outside. Most
  * connections and streams end without anyone awaiting their end (or their
@@ -106,7 +109,8 @@ export class Deferred<T> {
   /** Resolves with `value`, unless settled already. */
   resolve(value: T): void {
     if (this.#settled !== null) return;
-    this.#settled = { value };
+    // An object per settled deferred only where a promise made later needs the value.
+    this.#settled = this.#promise !== null || value === undefined ? SETTLED as { value: T } : { value };
     this.#resolve?.(value);
     this.#resolve = this.#reject = null;
   }

@@ -55,6 +55,9 @@ interface Cut {
   payload: Uint8Array;
 }
 
+/** No cuts: shared until a writer queues a payload by reference (never pushed to; emptying it is a no-op). */
+const NO_CUTS: Cut[] = [];
+
 /** Writes frames to a connection, in the order they were queued. */
 export class FrameWriter {
   readonly #conn: Conn;
@@ -62,7 +65,7 @@ export class FrameWriter {
   readonly #onError: (error: unknown) => void;
   #fill = NONE;
   #fillLength = 0;
-  #fillCuts: Cut[] = [];
+  #fillCuts: Cut[] = NO_CUTS;
   #spare = NONE;
   /** Bytes ever queued, and ever handed to the connection: positions in the output. */
   #queued = 0;
@@ -72,13 +75,14 @@ export class FrameWriter {
   /** The buffer being written, how far it goes, its cuts, and where writing it has got to. */
   #out = NONE;
   #outLength = 0;
-  #outCuts: Cut[] = [];
+  #outCuts: Cut[] = NO_CUTS;
   #nextCut = 0;
   #outFrom = 0;
   /** Length of the write under way. */
   #writingLength = 0;
-  #drainWaiters: Array<() => void> = [];
-  #writtenWaiters: Array<{ position: number; resolve: () => void }> = [];
+  // Made when first needed: a session per client (pool, event) seldom waits.
+  #drainWaiters: Array<() => void> | null = null;
+  #writtenWaiters: Array<{ position: number; resolve: () => void }> | null = null;
 
   /**
    * @param conn where frames go
@@ -104,7 +108,7 @@ export class FrameWriter {
   /** Resolves once the queue is below the high-water mark again (or the writer failed). */
   drained(): Promise<void> {
     if (!this.congested || this.#failed) return RESOLVED;
-    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+    return new Promise((resolve) => (this.#drainWaiters ??= []).push(resolve));
   }
 
   /**
@@ -119,6 +123,7 @@ export class FrameWriter {
     if (length >= COPY_LIMIT) {
       const at = this.#reserve(HEADER_LENGTH);
       writeHeader(this.#fill, at, type, streamId, length);
+      if (this.#fillCuts === NO_CUTS) this.#fillCuts = [];
       this.#fillCuts.push({ at: at + HEADER_LENGTH, payload: payload! });
       this.#queued += length;
       return this.#queued;
@@ -140,7 +145,7 @@ export class FrameWriter {
   /** Resolves once the output up to `position` was handed to the connection (or the writer failed). */
   written(position: number): Promise<void> {
     if (this.#written >= position || this.#failed) return RESOLVED;
-    return new Promise((resolve) => this.#writtenWaiters.push({ position, resolve }));
+    return new Promise((resolve) => (this.#writtenWaiters ??= []).push({ position, resolve }));
   }
 
   /** Resolves once everything queued so far was handed to the connection. */
@@ -274,14 +279,14 @@ export class FrameWriter {
 
   #wake(): void {
     const waiting = this.#writtenWaiters;
-    if (waiting.length > 0 && (waiting[0].position <= this.#written || this.#failed)) {
+    if (waiting !== null && waiting.length > 0 && (waiting[0].position <= this.#written || this.#failed)) {
       let done = 0;
       while (done < waiting.length && (waiting[done].position <= this.#written || this.#failed)) done++;
       for (const waiter of waiting.splice(0, done)) waiter.resolve();
     }
-    if (this.#drainWaiters.length === 0 || (this.congested && !this.#failed)) return;
     const waiters = this.#drainWaiters;
-    this.#drainWaiters = [];
+    if (waiters === null || waiters.length === 0 || (this.congested && !this.#failed)) return;
+    this.#drainWaiters = null;
     for (const wake of waiters) wake();
   }
 }
