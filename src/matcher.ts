@@ -23,7 +23,7 @@ import { pipeThen } from "./pipe.ts";
 import { encodeFrame } from "./protocol/codec.ts";
 import { ProtocolError } from "./protocol/errors.ts";
 import { FrameType } from "./protocol/frame.ts";
-import { Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
+import { type Hello, Session, type SessionTunables, tunablesOf } from "./protocol/session.ts";
 import { sharedPieceBudget, type Stream } from "./protocol/stream.ts";
 import { sharedWindowBudget } from "./protocol/window.ts";
 import { DEFAULT_SERVICE, type PoolMember, Service } from "./service.ts";
@@ -187,15 +187,48 @@ interface Opened {
   session: Session;
 }
 
-interface RelaySession extends PoolMember {
-  id: number;
-  session: Session;
-  address: string;
-  token: string | null;
-  channel: string;
-  services: Set<string>;
+/** A relay session in the matcher's pools. A class: with pool and event there is one per client. */
+class RelaySession implements PoolMember {
+  readonly id: number;
+  readonly session: Session;
+  readonly address: string;
+  readonly token: string | null;
+  readonly channel: string;
+  readonly services = new Set<string>();
   /** A pool session carries one client; once taken it leaves the pool. */
-  taken: boolean;
+  taken = false;
+  readonly #maxStreams: number;
+
+  constructor(id: number, session: Session, address: string, token: string | null, maxStreams: number) {
+    this.id = id;
+    this.session = session;
+    this.address = address;
+    this.token = token;
+    this.channel = String(session.peerHello!.channel ?? "mux");
+    this.#maxStreams = maxStreams;
+  }
+
+  get openStreams(): number {
+    return this.session.openStreams;
+  }
+
+  get available(): boolean {
+    return this.session.acceptingStreams && !this.taken && this.session.openStreams < this.#maxStreams;
+  }
+
+  claim(): void {
+    // Taken when picked, not when its stream opens: clients woken together pick in turn.
+    if (this.channel === "pool") this.taken = true;
+  }
+}
+
+/** What a relay proved with its AUTH answer: the token it holds. */
+interface Proof {
+  token: string | null;
+}
+
+function checkRelayHello(hello: Hello): void {
+  if (hello.role !== "relay") throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a relay`);
 }
 
 /**
@@ -500,26 +533,10 @@ class MatcherServer implements Matcher {
       return;
     }
     const nonce = this.#verifier ? newNonce() : null;
-    let token: string | null = null;
+    const proof: Proof = { token: null };
     let registered!: (relay: RelaySession) => void;
     const ready = new Promise<RelaySession>((resolve) => registered = resolve);
-    const session = new Session(conn, {
-      side: "acceptor",
-      hello: { role: "matcher", software: `o3sr/${VERSION}`, ...(nonce ? { auth: { nonce } } : {}) },
-      checkHello: (hello) => {
-        if (hello.role !== "relay") {
-          throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a relay`);
-        }
-      },
-      authenticate: this.#verifier
-        ? async (answer) => {
-          token = await this.#verifier!.verify(nonce!, answer.proof, AUTH_CONTEXT);
-          if (token === null) throw new Error(answer.proof === undefined ? "token required" : "bad token");
-        }
-        : undefined,
-      onStream: (stream) => this.#relayStream(stream, ready),
-      ...tunablesOf(this.#options),
-    });
+    const session = this.#acceptSession(conn, nonce, proof, ready);
     this.#handshaking++;
     try {
       await session.ready;
@@ -537,41 +554,58 @@ class MatcherServer implements Matcher {
       this.#handshaking--;
     }
     if (this.#closing) return session.close("matcher shutting down");
-    const channel = String(session.peerHello!.channel ?? "mux");
-    if (channel === "data") return this.#claimTicket(session, String(session.peerHello!.ticket));
+    if (session.peerHello!.channel === "data") return this.#claimTicket(session, String(session.peerHello!.ticket));
+    registered(this.#addRelay(session, address, proof.token));
+  }
 
-    const max = this.#options.maxStreams ?? Infinity;
-    const relay: RelaySession = {
-      id: this.#nextSessionId++,
+  /**
+   * The session of a relay's connection. Made here, not in the async
+   * `#serveRelay`: callbacks made there would keep its whole frame for as long
+   * as the session lives (one per client with pool and event).
+   */
+  #acceptSession(conn: Conn, nonce: string | null, proof: Proof, ready: Promise<RelaySession>): Session {
+    const verifier = this.#verifier;
+    return new Session(conn, {
+      side: "acceptor",
+      hello: { role: "matcher", software: `o3sr/${VERSION}`, ...(nonce ? { auth: { nonce } } : {}) },
+      checkHello: checkRelayHello,
+      authenticate: verifier
+        ? async (answer) => {
+          proof.token = await verifier.verify(nonce!, answer.proof, AUTH_CONTEXT);
+          if (proof.token === null) throw new Error(answer.proof === undefined ? "token required" : "bad token");
+        }
+        : undefined,
+      onStream: (stream) => this.#relayStream(stream, ready),
+      ...tunablesOf(this.#options),
+    });
+  }
+
+  /** A relay session completed its handshake: it joins the pools it registers for, until it ends. */
+  #addRelay(session: Session, address: string, token: string | null): RelaySession {
+    const relay = new RelaySession(
+      this.#nextSessionId++,
       session,
       address,
       token,
-      channel,
-      services: new Set(),
-      taken: false,
-      get openStreams() {
-        return session.openStreams;
-      },
-      get available() {
-        return session.acceptingStreams && !this.taken && session.openStreams < max;
-      },
-      claim() {
-        // Taken when picked, not when its stream opens: clients woken together pick in turn.
-        if (channel === "pool") this.taken = true;
-      },
-    };
+      this.#options.maxStreams ?? Infinity,
+    );
     this.#relays.push(relay);
     this.#relaySessionsTotal.inc();
     this.#log.info("relay connected", {
       relay: address,
       session: relay.id,
-      channel: channel === "mux" ? undefined : channel,
+      channel: relay.channel === "mux" ? undefined : relay.channel,
       token: token ?? undefined,
       relays: this.#relays.length,
     });
-    registered(relay);
+    session.closed.then((reason) => this.#relayGone(relay, reason)).catch((error) =>
+      this.#log.error("connection handler failed", { error: errorMessage(error) })
+    );
+    return relay;
+  }
 
-    const reason = await session.closed;
+  #relayGone(relay: RelaySession, reason: string): void {
+    const session = relay.session;
     this.#relays.splice(this.#relays.indexOf(relay), 1);
     for (const name of relay.services) this.#leave(name, relay);
     const error = session.closeError;
@@ -579,7 +613,7 @@ class MatcherServer implements Matcher {
     // Pool and data sessions end after each client; only mux and event sessions are news.
     const quiet = relay.taken && !error;
     const fields = {
-      relay: address,
+      relay: relay.address,
       session: relay.id,
       reason,
       streams: session.stats().totalStreams,
