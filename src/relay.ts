@@ -142,6 +142,12 @@ export function backoffDelay(attempt: number, max: number, random: () => number 
   return Math.round(ceiling / 2 + random() * ceiling / 2);
 }
 
+function checkMatcherHello(hello: Hello): void {
+  if (hello.role !== "matcher") {
+    throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a matcher`);
+  }
+}
+
 /** The matcher refused this relay (a bad token, a limit): retrying soon will not help. */
 class RefusedError extends Error {}
 
@@ -339,6 +345,34 @@ class RelayClient extends EventTarget implements Relay {
     }
   }
 
+  /**
+   * The session over a connection to a matcher. Made here, not in the async
+   * `#dial`: callbacks made there would keep its whole frame for as long as
+   * the session lives (one per client with pool and event).
+   */
+  #dialerSession(
+    conn: Conn,
+    target: Target,
+    channel: Channel | "data",
+    extra: { ticket?: string; onFirstStream?: () => void },
+  ): Session {
+    let onFirstStream = extra.onFirstStream;
+    return new Session(conn, {
+      side: "dialer",
+      hello: { role: "relay", software: `o3sr/${VERSION}`, channel, ...(extra.ticket ? { ticket: extra.ticket } : {}) },
+      checkHello: checkMatcherHello,
+      answer: (hello) => this.#answer(hello, target),
+      onStream: (stream) => {
+        if (onFirstStream && !stream.meta.dial) {
+          onFirstStream();
+          onFirstStream = undefined;
+        }
+        this.#serve(stream, target);
+      },
+      ...tunablesOf(this.#options),
+    });
+  }
+
   /** Dials a matcher and completes the handshake (and, except for data sessions, registration). */
   async #dial(
     target: Target,
@@ -365,25 +399,7 @@ class RelayClient extends EventTarget implements Relay {
           throw error;
         });
     }
-    let first = true;
-    const session = new Session(conn, {
-      side: "dialer",
-      hello: { role: "relay", software: `o3sr/${VERSION}`, channel, ...(extra.ticket ? { ticket: extra.ticket } : {}) },
-      checkHello: (hello) => {
-        if (hello.role !== "matcher") {
-          throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a matcher`);
-        }
-      },
-      answer: (hello) => this.#answer(hello, target),
-      onStream: (stream) => {
-        if (first && !stream.meta.dial) {
-          first = false;
-          extra.onFirstStream?.();
-        }
-        this.#serve(stream, target);
-      },
-      ...tunablesOf(options),
-    });
+    const session = this.#dialerSession(conn, target, channel, extra);
     try {
       await session.ready;
     } catch {
