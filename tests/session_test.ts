@@ -1267,6 +1267,27 @@ describe("session heartbeat", () => {
   );
 });
 
+describe("session heartbeat, shared timer", () => {
+  test(
+    "sessions on one interval share a timer: one that ends leaves the others pinging",
+    scoped(async (scope) => {
+      const heartbeat = { heartbeatInterval: 20, heartbeatTimeout: 100 };
+      const silent = await rawPair(scope, { side: "acceptor", ...heartbeat });
+      const live = await rawPair(scope, { side: "acceptor", ...heartbeat });
+      live.peer.autoPong = true;
+      await rawHandshake(silent.session, silent.peer);
+      await rawHandshake(live.session, live.peer);
+      assert.match(await within(silent.session.closed, 3000, "silent peer declared dead"), /heartbeat timeout/);
+      const before = live.peer.ofType(FrameType.PING).length;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.equal(live.session.isClosed, false, `closed: ${live.session.closeReason}`);
+      const after = live.peer.ofType(FrameType.PING).length;
+      assert.ok(after - before >= 5, `PINGs after the other session ended: ${after - before}`);
+      live.session.close("done");
+    }),
+  );
+});
+
 interface BadCase {
   name: string;
   /** Which side the session under test plays; the raw peer plays the other. */

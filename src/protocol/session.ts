@@ -172,6 +172,47 @@ const PING = new Uint8Array(8);
 const PING_VIEW = new DataView(PING.buffer);
 const decoder = new TextDecoder();
 
+/** Ticks of a heartbeat group per interval: a session's PING goes out up to a quarter interval late. */
+const HEARTBEAT_TICKS = 4;
+
+/** Sends a session its heartbeat tick; set by {@linkcode Session}, which keeps the work private. */
+let beat: (session: Session, now: number, interval: number) => void;
+
+/**
+ * The sessions with one heartbeat interval, on one timer instead of one each:
+ * with the pool and event channels there is a session per client.
+ */
+class HeartbeatGroup {
+  static readonly #groups = new Map<number, HeartbeatGroup>();
+  readonly #interval: number;
+  readonly #sessions = new Set<Session>();
+  readonly #timer: ReturnType<typeof setInterval>;
+
+  private constructor(interval: number) {
+    this.#interval = interval;
+    this.#timer = setInterval(() => {
+      const now = Date.now();
+      // A session that ends here leaves the set; iterating goes on past it.
+      for (const session of this.#sessions) beat(session, now, interval);
+    }, Math.max(1, Math.floor(interval / HEARTBEAT_TICKS)));
+  }
+
+  static join(session: Session, interval: number): HeartbeatGroup {
+    let group = HeartbeatGroup.#groups.get(interval);
+    if (group === undefined) HeartbeatGroup.#groups.set(interval, group = new HeartbeatGroup(interval));
+    group.#sessions.add(session);
+    return group;
+  }
+
+  leave(session: Session): void {
+    this.#sessions.delete(session);
+    if (this.#sessions.size > 0) return;
+    // No timer left behind to keep the process alive.
+    clearInterval(this.#timer);
+    HeartbeatGroup.#groups.delete(this.#interval);
+  }
+}
+
 /** Streams multiplexed over one connection. */
 export class Session implements StreamHost {
   /** The frame writer shared by all streams. */
@@ -200,7 +241,9 @@ export class Session implements StreamHost {
   #lastReceived = Date.now();
   /** A PING went out and nothing has arrived since. */
   #awaitingPeer = false;
-  #timer: ReturnType<typeof setInterval> | null = null;
+  /** Its heartbeat group while heartbeats run, and when the next PING is due. */
+  #heartbeats: HeartbeatGroup | null = null;
+  #nextPing = 0;
   #handshakeTimer: ReturnType<typeof setTimeout> | null = null;
   #stats: SessionStats = {
     openStreams: 0,
@@ -679,19 +722,29 @@ export class Session implements StreamHost {
   #startHeartbeat(): void {
     const interval = this.#options.heartbeatInterval ?? SESSION_DEFAULTS.heartbeatInterval;
     if (interval <= 0) return;
+    this.#nextPing = Date.now() + interval;
+    this.#heartbeats = HeartbeatGroup.join(this, interval);
+  }
+
+  /** Called by its heartbeat group on each tick: sends a PING when one is due, or ends a silent session. */
+  #beat(now: number, interval: number): void {
+    if (now < this.#nextPing) return;
+    this.#nextPing = now + interval;
     const timeout = this.#options.heartbeatTimeout ?? SESSION_DEFAULTS.heartbeatTimeout;
-    this.#timer = setInterval(() => {
-      const silent = Date.now() - this.#lastReceived;
-      // Only silence after a PING counts: with an interval above the timeout a
-      // live peer is quiet for a whole interval between its PONGs.
-      if (silent >= timeout && this.#awaitingPeer) {
-        return this.#end(`peer silent for ${formatDuration(silent)} (heartbeat timeout)`, null);
-      }
-      PING_VIEW.setFloat64(0, Date.now());
-      // Copied into the frame buffer at once, so one buffer serves every session.
-      this.writer.frame(FrameType.PING, 0, PING);
-      this.#awaitingPeer = true;
-    }, interval);
+    const silent = now - this.#lastReceived;
+    // Only silence after a PING counts: with an interval above the timeout a
+    // live peer is quiet for a whole interval between its PONGs.
+    if (silent >= timeout && this.#awaitingPeer) {
+      return this.#end(`peer silent for ${formatDuration(silent)} (heartbeat timeout)`, null);
+    }
+    PING_VIEW.setFloat64(0, now);
+    // Copied into the frame buffer at once, so one buffer serves every session.
+    this.writer.frame(FrameType.PING, 0, PING);
+    this.#awaitingPeer = true;
+  }
+
+  static {
+    beat = (session, now, interval) => session.#beat(now, interval);
   }
 
   /** Ends the session for a protocol violation: tell the peer why, then close. */
@@ -724,7 +777,8 @@ export class Session implements StreamHost {
     this.#state = "closed";
     this.#closeReason = reason;
     this.#closeError = error;
-    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#heartbeats?.leave(this);
+    this.#heartbeats = null;
     if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
     const streamError = new ConnectionClosedError(`session closed: ${reason}`);
     for (const stream of [...this.#streams.values()]) stream.abort(streamError);
