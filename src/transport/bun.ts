@@ -143,8 +143,12 @@ interface HandshakeWatch {
 
 /** One Bun socket as a {@linkcode Conn}. */
 class BunConn implements Conn, InboundFlow {
-  localAddr: Addr = { hostname: "", port: 0 };
-  remoteAddr: Addr = { hostname: "", port: 0 };
+  // Kept as fields and made into objects when asked for (seldom: for logs):
+  // an idle connection holds two objects fewer.
+  #localHost = "";
+  #localPort = 0;
+  #remoteHost = "";
+  #remotePort = 0;
   #socket: BunSocketLike | null = null;
   // The connection is the queue's flow itself: no object and closures per connection.
   readonly #inbound: Inbound = new Inbound(READ_HIGH_WATER, this, sharedReadBudget);
@@ -170,8 +174,18 @@ class BunConn implements Conn, InboundFlow {
     // No setNoDelay(true): uSockets sets TCP_NODELAY on every socket it opens or accepts.
     this.#socket = socket;
     // Read now, while the socket is open: afterwards Bun no longer knows them.
-    this.localAddr = { hostname: socket.localAddress ?? "", port: socket.localPort };
-    this.remoteAddr = { hostname: socket.remoteAddress, port: socket.remotePort ?? 0 };
+    this.#localHost = socket.localAddress ?? "";
+    this.#localPort = socket.localPort;
+    this.#remoteHost = socket.remoteAddress;
+    this.#remotePort = socket.remotePort ?? 0;
+  }
+
+  get localAddr(): Addr {
+    return { hostname: this.#localHost, port: this.#localPort };
+  }
+
+  get remoteAddr(): Addr {
+    return { hostname: this.#remoteHost, port: this.#remotePort };
   }
 
   // ---- Conn ----
