@@ -172,6 +172,53 @@ const PING = new Uint8Array(8);
 const PING_VIEW = new DataView(PING.buffer);
 const decoder = new TextDecoder();
 
+/**
+ * Open streams by id. The first is kept in a field and a Map is made only for
+ * more: a session of the pool or event channel carries one stream, and a Map,
+ * even with one entry, costs it about 0.4 KB.
+ */
+class StreamTable {
+  #firstId = 0;
+  #first: Stream | null = null;
+  #more: Map<number, Stream> | null = null;
+
+  get size(): number {
+    return (this.#first === null ? 0 : 1) + (this.#more === null ? 0 : this.#more.size);
+  }
+
+  get(id: number): Stream | undefined {
+    if (this.#first !== null && this.#firstId === id) return this.#first;
+    return this.#more?.get(id);
+  }
+
+  /** Adds a stream under an id not in use. */
+  set(id: number, stream: Stream): void {
+    if (this.#first === null) {
+      this.#firstId = id;
+      this.#first = stream;
+    } else {
+      (this.#more ??= new Map()).set(id, stream);
+    }
+  }
+
+  delete(id: number): void {
+    if (this.#first !== null && this.#firstId === id) this.#first = null;
+    else this.#more?.delete(id);
+  }
+
+  /** The streams, as a list of their own (it may change while the caller goes through it). */
+  list(): Stream[] {
+    const streams = this.#more === null ? [] : [...this.#more.values()];
+    if (this.#first !== null) streams.unshift(this.#first);
+    return streams;
+  }
+
+  clear(): void {
+    this.#first = null;
+    this.#more = null;
+  }
+}
+
 /** Ticks of a heartbeat group per interval: a session's PING goes out up to a quarter interval late. */
 const HEARTBEAT_TICKS = 4;
 
@@ -226,7 +273,7 @@ export class Session implements StreamHost {
   /** Receive window a stream starts with, as announced in HELLO. */
   readonly #window: number;
   readonly windowBudget: WindowBudget;
-  readonly #streams = new Map<number, Stream>();
+  readonly #streams = new StreamTable();
   readonly #decoder: FrameDecoder;
   /** The borrowed chunk being decoded, if the connection lends its chunks. */
   #loan: Loan | null = null;
@@ -781,7 +828,7 @@ export class Session implements StreamHost {
     this.#heartbeats = null;
     if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
     const streamError = new ConnectionClosedError(`session closed: ${reason}`);
-    for (const stream of [...this.#streams.values()]) stream.abort(streamError);
+    for (const stream of this.#streams.list()) stream.abort(streamError);
     this.#streams.clear();
     if (!wasOpen) this.#ready.reject(new Error(`session ended before the handshake completed: ${reason}`));
     if (graceful) {
