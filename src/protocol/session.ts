@@ -166,11 +166,11 @@ const MIN_FRAME_LIMIT = 1024;
 const LINGER = 1000;
 
 const encoder = new TextEncoder();
+const decoder = new TextDecoder();
 
 /** A PING's payload, its send time: filled in and copied into each PING frame as it is queued. */
 const PING = new Uint8Array(8);
 const PING_VIEW = new DataView(PING.buffer);
-const decoder = new TextDecoder();
 
 /**
  * Open streams by id. The first is kept in a field and a Map is made only for
@@ -240,7 +240,16 @@ class HeartbeatGroup {
     this.#timer = setInterval(() => {
       const now = Date.now();
       // A session that ends here leaves the set; iterating goes on past it.
-      for (const session of this.#sessions) beat(session, now, interval);
+      for (const session of this.#sessions) {
+        try {
+          beat(session, now, interval);
+        } catch (error) {
+          // Reported as a timer of its own would be, without keeping the other sessions from their beat.
+          queueMicrotask(() => {
+            throw error;
+          });
+        }
+      }
     }, Math.max(1, Math.floor(interval / HEARTBEAT_TICKS)));
   }
 
