@@ -378,6 +378,13 @@ const handlers: BunHandlers = {
   error: (socket, error) => socket.data?.onClose(error),
 };
 
+/** For dialing: one object for every connect, since Bun keeps what it is given per socket. */
+const dialHandlers: BunHandlers = {
+  ...handlers,
+  // A refused connect rejects the connect() promise; nothing more to do here.
+  connectError: () => {},
+};
+
 class BunListener implements Listener {
   readonly addr: Addr;
   readonly #server: { stop(closeActive?: boolean): void };
@@ -520,7 +527,7 @@ function connectTls(
         rejectUnauthorized: verify,
       },
       data: conn,
-      socket: { ...handlers, connectError: () => {} },
+      socket: dialHandlers,
     }).catch((error) => {
       // Refused or unreachable: not a TLS problem, so no TLS hint.
       if (settled) return;
@@ -572,7 +579,7 @@ export function bunTransport(
         port: options.port,
         allowHalfOpen: true,
         data: conn,
-        socket: { ...handlers, connectError: () => {} },
+        socket: dialHandlers,
       });
       return conn;
     },
