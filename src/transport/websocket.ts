@@ -913,7 +913,7 @@ export function prefixConn(conn: Conn, prefix: Uint8Array | null): Conn {
 
 // Classes, not an object of closures: an event or pool relay session holds
 // one per client, and a dozen closures, getters and their scope cost each one
-// about 0.7 KiB more.
+// several hundred bytes more.
 
 /** Replays a first chunk, then reads the connection it wraps. */
 class PrefixConn implements Conn {
