@@ -525,10 +525,7 @@ class RelayClient extends EventTarget implements Relay {
         const source = (client && parseHostPort(client)) || { hostname: "unknown", port: 0 };
         await conn.write(proxyHeader(destination.proxyProtocol, source, conn.remoteAddr));
       }
-      // Not awaited: this frame need not live as long as the stream.
-      pipeThen(stream, conn, (result) => this.#served(stream, service, client, started, result), {
-        idleTimeout: this.#options.idleTimeout,
-      });
+      this.#pipe(stream, conn, service, client, started);
       piping = true;
     } catch (error) {
       failure = errorMessage(error);
@@ -537,6 +534,17 @@ class RelayClient extends EventTarget implements Relay {
     } finally {
       if (!piping) this.#closed(stream, service, client, 0, 0, failure);
     }
+  }
+
+  /**
+   * Pipes a stream and its destination, not awaited. Not inline in the async
+   * `#serve`: a callback made there would keep its whole frame for as long as
+   * the stream lives.
+   */
+  #pipe(stream: Stream, conn: Conn, service: string, client: string | undefined, started: number): void {
+    pipeThen(stream, conn, (result) => this.#served(stream, service, client, started, result), {
+      idleTimeout: this.#options.idleTimeout,
+    });
   }
 
   /** A stream piped to its destination ended: logs and reports it. */
