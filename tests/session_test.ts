@@ -481,6 +481,26 @@ describe("session handshake", () => {
 
 describe("session streams", () => {
   test(
+    "streams stay reachable by id whichever of them ends first (the first is kept apart from the rest)",
+    scoped(async (scope) => {
+      const { dialer } = await readyPair(scope);
+      // The first stream ends while later ones are open, then more open: each must still get its own bytes.
+      const first = dialer.openStream();
+      const second = dialer.openStream();
+      const third = dialer.openStream();
+      assert.ok(sameBytes(await roundTrip(first, pseudoRandomBytes(1000, 1)), pseudoRandomBytes(1000, 1)));
+      await waitFor(() => dialer.openStreams === 2, 3000, "first stream released");
+      const fourth = dialer.openStream();
+      const echoed = await Promise.all(
+        [second, third, fourth].map((stream, i) => roundTrip(stream, pseudoRandomBytes(5000 + i, 10 + i))),
+      );
+      echoed.forEach((bytes, i) => assert.ok(sameBytes(bytes, pseudoRandomBytes(5000 + i, 10 + i)), `stream ${i + 2}`));
+      await waitFor(() => dialer.openStreams === 0, 3000, "all released");
+      assert.equal(dialer.isClosed, false);
+    }),
+  );
+
+  test(
     "the sender honours the frame limit the peer announced in its HELLO",
     scoped(async (scope) => {
       const { dialer, acceptor } = await readyPair(scope, { dialer: { maxPayload: 4096 } });

@@ -202,8 +202,20 @@ class StreamTable {
   }
 
   delete(id: number): void {
-    if (this.#first !== null && this.#firstId === id) this.#first = null;
-    else this.#more?.delete(id);
+    if (this.#first !== null && this.#firstId === id) {
+      this.#first = null;
+      // One from the Map takes the field, so a pool session whose registration
+      // stream ends before its client's holds no Map for the client's stream.
+      const more = this.#more;
+      if (more === null) return;
+      const [nextId, next] = more.entries().next().value!;
+      this.#firstId = nextId;
+      this.#first = next;
+      more.delete(nextId);
+    } else {
+      this.#more?.delete(id);
+    }
+    if (this.#more?.size === 0) this.#more = null;
   }
 
   /** The streams, as a list of their own (it may change while the caller goes through it). */
