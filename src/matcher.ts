@@ -599,9 +599,13 @@ class MatcherServer implements Matcher {
       token: token ?? undefined,
       relays: this.#relays.length,
     });
-    session.closed.then((reason) => this.#relayGone(relay, reason)).catch((error) =>
-      this.#log.error("connection handler failed", { error: errorMessage(error) })
-    );
+    session.whenClosed((reason) => {
+      try {
+        this.#relayGone(relay, reason);
+      } catch (error) {
+        this.#log.error("connection handler failed", { error: errorMessage(error) });
+      }
+    });
     return relay;
   }
 

@@ -330,8 +330,11 @@ class RelayClient extends EventTarget implements Relay {
       }
       if (this.#channel === "pool") {
         // A pool session is replaced as soon as it is taken, not when it ends.
+        // A listener, not a race with `closed`: that would keep a promise and
+        // its reaction for each pool session's life.
         failures = 0;
-        await Promise.race([used, session.closed]);
+        session.whenClosed(taken);
+        await used;
         continue;
       }
       await session.closed;
@@ -591,7 +594,7 @@ class RelayClient extends EventTarget implements Relay {
    */
   #keepDataSession(session: Session): void {
     this.#dataSessions.add(session);
-    session.closed.then(() => this.#dataSessions.delete(session));
+    session.whenClosed(() => this.#dataSessions.delete(session));
   }
 
   #connectDestination(destination: Destination): Promise<Conn> {

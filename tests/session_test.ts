@@ -479,6 +479,23 @@ describe("session handshake", () => {
   );
 });
 
+describe("session end", () => {
+  test(
+    "whenClosed: called once with the reason, after the call that ended the session, also when asked afterwards",
+    scoped(async (scope) => {
+      const { dialer } = await readyPair(scope);
+      const heard: string[] = [];
+      dialer.whenClosed((reason) => heard.push(`before: ${reason}`));
+      dialer.close("done here");
+      assert.equal(heard.length, 0, "not inside close()");
+      dialer.whenClosed((reason) => heard.push(`after: ${reason}`));
+      assert.equal(await dialer.closed, "done here");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      assert.deepEqual(heard, ["before: done here", "after: done here"]);
+    }),
+  );
+});
+
 describe("session streams", () => {
   test(
     "streams stay reachable by id whichever of them ends first (the first is kept apart from the rest)",

@@ -329,13 +329,14 @@ export class Session implements StreamHost {
   };
   #closeReason = "";
   #drainReason = "";
-  readonly #maxPayload: number;
   /** The peer's end of the connection was read (a graceful close waits for it). */
   readonly #peerEnded = new Deferred<void>();
   #closeError: Error | null = null;
   // Quiet: a failed handshake is observed through `closed` too.
   readonly #ready = new Deferred<Hello>(true);
-  readonly #closed = new Deferred<string>();
+  /** Made when someone asks for `closed`: sessions of the pool and event channels are watched with whenClosed. */
+  #closed: Deferred<string> | null = null;
+  #closeListeners: Array<(reason: string) => void> | null = null;
 
   /** Resolves with the peer's HELLO once the handshake is complete; rejects if the session ends first. */
   get ready(): Promise<Hello> {
@@ -344,7 +345,29 @@ export class Session implements StreamHost {
 
   /** Resolves with the reason once the session has ended. */
   get closed(): Promise<string> {
+    if (this.#closed === null) {
+      this.#closed = new Deferred<string>();
+      if (this.#state === "closed") this.#closed.resolve(this.#closeReason);
+    }
     return this.#closed.promise;
+  }
+
+  /**
+   * Calls `listener` with the reason once the session has ended, as
+   * {@linkcode Session.closed} resolves, but without a promise: a matcher or
+   * relay with a session per client (pool, event) spares each one a promise,
+   * its resolving functions and a reaction. Called in a microtask, never
+   * inside the call that ended the session; `listener` must not throw.
+   *
+   * @param listener called once, with the reason
+   */
+  whenClosed(listener: (reason: string) => void): void {
+    if (this.#state !== "closed") {
+      (this.#closeListeners ??= []).push(listener);
+      return;
+    }
+    const reason = this.#closeReason;
+    queueMicrotask(() => listener(reason));
   }
 
   /**
@@ -373,9 +396,8 @@ export class Session implements StreamHost {
       options.writeHighWater ?? SESSION_DEFAULTS.writeHighWater,
       (error) => this.#end(`write failed: ${errorMessage(error)}`, toError(error)),
     );
-    this.#maxPayload = options.maxPayload ?? MAX_PAYLOAD;
     this.#decoder = new FrameDecoder((frame) => this.#dispatch(frame), {
-      maxPayload: this.#maxPayload,
+      maxPayload: options.maxPayload ?? MAX_PAYLOAD,
       splitTraffic: true,
     });
     const handshakeTimeout = options.handshakeTimeout ?? SESSION_DEFAULTS.handshakeTimeout;
@@ -789,7 +811,7 @@ export class Session implements StreamHost {
   // ---- Lifecycle ----
 
   #sendHello(): void {
-    const hello = { ...this.#options.hello, window: this.#window, maxFrame: this.#maxPayload };
+    const hello = { ...this.#options.hello, window: this.#window, maxFrame: this.#options.maxPayload ?? MAX_PAYLOAD };
     this.writer.frame(FrameType.HELLO, 0, encoder.encode(JSON.stringify(hello)));
   }
 
@@ -871,7 +893,14 @@ export class Session implements StreamHost {
     } else {
       this.#conn.close();
     }
-    this.#closed.resolve(reason);
+    this.#closed?.resolve(reason);
+    const listeners = this.#closeListeners;
+    if (listeners !== null) {
+      this.#closeListeners = null;
+      queueMicrotask(() => {
+        for (const listener of listeners) listener(reason);
+      });
+    }
   }
 }
 
