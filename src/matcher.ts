@@ -228,6 +228,9 @@ interface Proof {
   token: string | null;
 }
 
+/** Shared by the sessions of a matcher without tokens, which never fill it in. */
+const NO_PROOF: Proof = Object.freeze({ token: null });
+
 function checkRelayHello(hello: Hello): void {
   if (hello.role !== "relay") throw new Error(`peer introduced itself as ${JSON.stringify(hello.role)}, not a relay`);
 }
@@ -534,7 +537,8 @@ class MatcherServer implements Matcher {
       return;
     }
     const nonce = this.#verifier ? newNonce() : null;
-    const proof: Proof = { token: null };
+    // Filled in by the AUTH step; without a verifier there is none, and nothing to fill.
+    const proof: Proof = nonce ? { token: null } : NO_PROOF;
     let registered!: (relay: RelaySession) => void;
     const ready = new Promise<RelaySession>((resolve) => registered = resolve);
     const session = this.#acceptSession(conn, nonce, proof, ready);

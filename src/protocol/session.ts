@@ -6,7 +6,7 @@
  * @module
  */
 
-import { Deferred } from "../async.ts";
+import { Deferred, RESOLVED } from "../async.ts";
 import { errorMessage, toError } from "../errors.ts";
 import { formatDuration } from "../log.ts";
 import { type Addr, type Conn, ConnectionClosedError, type Lender, lends } from "../transport/types.ts";
@@ -329,8 +329,8 @@ export class Session implements StreamHost {
   };
   #closeReason = "";
   #drainReason = "";
-  /** The peer's end of the connection was read (a graceful close waits for it). */
-  readonly #peerEnded = new Deferred<void>();
+  /** Whether the peer's end of the connection was read; a Deferred while a graceful close waits for it. */
+  #peerEnded: Deferred<void> | boolean = false;
   #closeError: Error | null = null;
   // Quiet: a failed handshake is observed through `closed` too.
   readonly #ready = new Deferred<Hello>(true);
@@ -592,7 +592,16 @@ export class Session implements StreamHost {
     if (error === null) this.#end("peer closed the connection", null);
     else if (error instanceof ProtocolError) this.#fail(error);
     else this.#end(`connection lost: ${errorMessage(error)}`, toError(error));
-    this.#peerEnded.resolve();
+    const waiting = this.#peerEnded;
+    this.#peerEnded = true;
+    if (waiting instanceof Deferred) waiting.resolve();
+  }
+
+  /** Resolves once the peer's end of the connection was read. */
+  #peerEndRead(): Promise<void> {
+    if (this.#peerEnded === true) return RESOLVED;
+    if (this.#peerEnded === false) this.#peerEnded = new Deferred<void>();
+    return this.#peerEnded.promise;
   }
 
   #dispatch(frame: Frame): void {
@@ -885,7 +894,7 @@ export class Session implements StreamHost {
       const timer = setTimeout(() => this.#conn.close(), LINGER);
       this.writer.flushed()
         .then(() => this.#conn.closeWrite())
-        .then(() => this.#peerEnded.promise)
+        .then(() => this.#peerEndRead())
         .finally(() => {
           clearTimeout(timer);
           this.#conn.close();
