@@ -11,6 +11,16 @@
  */
 export const RESOLVED: Promise<void> = Promise.resolve();
 
+/**
+ * Reports `error` as uncaught, from a microtask: for a loop over many items
+ * (writers to flush, sessions to ping) that must go on past one that throws.
+ */
+export function reportLater(error: unknown): void {
+  queueMicrotask(() => {
+    throw error;
+  });
+}
+
 /** Resolves when `promise` settles or after `ms`, whichever comes first. */
 export function waitUntil(promise: Promise<unknown>, ms: number): Promise<void> {
   return new Promise((resolve) => {

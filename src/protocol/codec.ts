@@ -116,6 +116,11 @@ export class FrameDecoder {
     this.#splitTraffic = options.splitTraffic ?? false;
   }
 
+  /** Largest payload accepted: larger frames are a protocol error. */
+  get maxPayload(): number {
+    return this.#maxPayload;
+  }
+
   /** Bytes held for an incomplete frame. */
   get buffered(): number {
     return this.#headerFill + this.#payloadFill;

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { Deferred, RESOLVED } from "../async.ts";
+import { Deferred, reportLater, RESOLVED } from "../async.ts";
 import { errorMessage, toError } from "../errors.ts";
 import { formatDuration } from "../log.ts";
 import { type Addr, type Conn, ConnectionClosedError, type Lender, lends } from "../transport/types.ts";
@@ -263,9 +263,7 @@ class HeartbeatGroup {
           beat(session, now, interval);
         } catch (error) {
           // Reported as a timer of its own would be, without keeping the other sessions from their beat.
-          queueMicrotask(() => {
-            throw error;
-          });
+          reportLater(error);
         }
       }
     }, Math.max(MIN_HEARTBEAT_TICK, Math.floor(interval / HEARTBEAT_TICKS)));
@@ -397,7 +395,7 @@ export class Session implements StreamHost {
       (error) => this.#end(`write failed: ${errorMessage(error)}`, toError(error)),
     );
     this.#decoder = new FrameDecoder((frame) => this.#dispatch(frame), {
-      maxPayload: options.maxPayload ?? MAX_PAYLOAD,
+      maxPayload: options.maxPayload,
       splitTraffic: true,
     });
     const handshakeTimeout = options.handshakeTimeout ?? SESSION_DEFAULTS.handshakeTimeout;
@@ -820,7 +818,7 @@ export class Session implements StreamHost {
   // ---- Lifecycle ----
 
   #sendHello(): void {
-    const hello = { ...this.#options.hello, window: this.#window, maxFrame: this.#options.maxPayload ?? MAX_PAYLOAD };
+    const hello = { ...this.#options.hello, window: this.#window, maxFrame: this.#decoder.maxPayload };
     this.writer.frame(FrameType.HELLO, 0, encoder.encode(JSON.stringify(hello)));
   }
 

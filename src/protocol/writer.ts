@@ -10,7 +10,7 @@
  * @module
  */
 
-import { RESOLVED } from "../async.ts";
+import { reportLater, RESOLVED } from "../async.ts";
 import type { Conn } from "../transport/types.ts";
 import { writeHeader, writeUint32 } from "./codec.ts";
 import { HEADER_LENGTH } from "./frame.ts";
@@ -186,9 +186,7 @@ export class FrameWriter {
         writer.#writeNext();
       } catch (error) {
         // Only an onError that throws gets here; the other writers still flush.
-        queueMicrotask(() => {
-          throw error;
-        });
+        reportLater(error);
       }
     }
     dirtyCount = 0;
