@@ -223,6 +223,11 @@ class RelaySession implements PoolMember {
   }
 }
 
+/** `address` (`host:port`, `[v6]:port`) without its port. */
+function hostOf(address: string): string {
+  return address.slice(0, address.lastIndexOf(":"));
+}
+
 /** What a relay proved with its AUTH answer: the token it holds. */
 interface Proof {
   token: string | null;
@@ -254,6 +259,8 @@ class MatcherServer implements Matcher {
   readonly #allow: AllowList;
   readonly #rate: RateLimiter;
   readonly #relays: RelaySession[] = [];
+  /** Pool sessions connected now, by the relay's address without its port. */
+  readonly #poolSessions = new Map<string, number>();
   readonly #services = new Map<string, Service<RelaySession>>();
   readonly #allocating = new Map<string, Promise<Service<RelaySession> | string>>();
   readonly #stickyPorts = new Map<string, number>();
@@ -596,7 +603,16 @@ class MatcherServer implements Matcher {
     );
     this.#relays.push(relay);
     this.#relaySessionsTotal.inc();
-    this.#log.info("relay connected", {
+    // A pool relay keeps --pool-size sessions and replaces each one a client
+    // takes: only the first from its address is news.
+    let routine = false;
+    if (relay.channel === "pool") {
+      const host = hostOf(address);
+      const sessions = (this.#poolSessions.get(host) ?? 0) + 1;
+      this.#poolSessions.set(host, sessions);
+      routine = sessions > 1;
+    }
+    (routine ? this.#log.debug : this.#log.info)("relay connected", {
       relay: address,
       session: relay.id,
       channel: relay.channel === "mux" ? undefined : relay.channel,
@@ -617,6 +633,12 @@ class MatcherServer implements Matcher {
     const session = relay.session;
     this.#relays.splice(this.#relays.indexOf(relay), 1);
     for (const name of relay.services) this.#leave(name, relay);
+    if (relay.channel === "pool") {
+      const host = hostOf(relay.address);
+      const sessions = this.#poolSessions.get(host)! - 1;
+      if (sessions === 0) this.#poolSessions.delete(host);
+      else this.#poolSessions.set(host, sessions);
+    }
     const error = session.closeError;
     if (error instanceof ProtocolError) this.#framesRejected.inc({ reason: error.code });
     // Pool and data sessions end after each client; only mux and event sessions are news.

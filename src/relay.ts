@@ -148,6 +148,21 @@ function checkMatcherHello(hello: Hello): void {
   }
 }
 
+/** Whether a session carried a client: a stream besides the registration stream the relay opens on each. */
+function carriedClient(session: Session): boolean {
+  return session.stats().totalStreams > 1;
+}
+
+/** What {@linkcode RelayClient} dials a session with besides its target and channel. */
+interface DialExtra {
+  /** An event channel's data session: the ticket the matcher gave for it. */
+  ticket?: string;
+  /** Called when the matcher opens the session's first stream. */
+  onFirstStream?: () => void;
+  /** A routine replacement (a pool session for one a client took): its log line is at debug. */
+  quiet?: boolean;
+}
+
 /** The matcher refused this relay (a bad token, a limit): retrying soon will not help. */
 class RefusedError extends Error {}
 
@@ -304,11 +319,15 @@ class RelayClient extends EventTarget implements Relay {
   /** One slot: dial, register, serve until the session ends (or, in a pool, is taken), pause, dial again. */
   async #keepSessionOpen(target: Target): Promise<void> {
     let failures = 0;
+    // A pool session replacing one a client took is routine: logged at debug.
+    let replacing = false;
     while (!this.#stopping) {
       let taken!: () => void;
       const used = new Promise<void>((resolve) => taken = resolve);
-      const session = await this.#dial(target, this.#channel, { onFirstStream: taken }).catch((error) => {
+      const extra = { onFirstStream: taken, quiet: replacing };
+      const session = await this.#dial(target, this.#channel, extra).catch((error) => {
         failures++;
+        replacing = false;
         const pause = backoffDelay(failures, this.#options.reconnectMax ?? 30_000);
         if (error instanceof RefusedError) {
           this.#log.error(`matcher refused: ${error.message}`, {
@@ -335,6 +354,7 @@ class RelayClient extends EventTarget implements Relay {
         failures = 0;
         session.whenClosed(taken);
         await used;
+        replacing = carriedClient(session);
         continue;
       }
       await session.closed;
@@ -357,7 +377,7 @@ class RelayClient extends EventTarget implements Relay {
     conn: Conn,
     target: Target,
     channel: Channel | "data",
-    extra: { ticket?: string; onFirstStream?: () => void },
+    extra: DialExtra,
   ): Session {
     let onFirstStream = extra.onFirstStream;
     return new Session(conn, {
@@ -380,7 +400,7 @@ class RelayClient extends EventTarget implements Relay {
   async #dial(
     target: Target,
     channel: Channel | "data",
-    extra: { ticket?: string; onFirstStream?: () => void } = {},
+    extra: DialExtra = {},
   ): Promise<Session> {
     const options = this.#options;
     const timeout = options.connectTimeout ?? 10_000;
@@ -420,7 +440,7 @@ class RelayClient extends EventTarget implements Relay {
       throw error;
     }
     this.#sessions.add(session);
-    this.#log.info(
+    (extra.quiet ? this.#log.debug : this.#log.info)(
       `connected to ${target.label} (${this.#sessions.size} session${this.#sessions.size === 1 ? "" : "s"})`,
       {
         channel,
@@ -431,7 +451,9 @@ class RelayClient extends EventTarget implements Relay {
     session.closed.then((reason) => {
       this.#sessions.delete(session);
       if (this.#stopping) return;
-      const log = session.closeError ? this.#log.warn : this.#log.info;
+      // A pool session ends after its one client: routine, like its replacement.
+      const routine = channel === "pool" && carriedClient(session);
+      const log = session.closeError ? this.#log.warn : routine ? this.#log.debug : this.#log.info;
       log(`session to ${target.label} ended (${this.#sessions.size} left)`, { reason });
       this.#emit("disconnected", { matcher: target.label, reason, sessions: this.#sessions.size });
     });

@@ -357,6 +357,40 @@ describe("connection modes", () => {
     dest.close();
   });
 
+  test("pool: sessions replacing the ones clients took are logged at debug, the pool's arrival at info", async () => {
+    const dest = await serve(transport, echo);
+    const matcherLogs: string[] = [];
+    const relayLogs: string[] = [];
+    const matcher = await matcherWith({}, matcherLogs);
+    const relay = relayTo(
+      matcher,
+      { destHost: "127.0.0.1", destPort: dest.port, channel: "pool", poolSize: 2 },
+      relayLogs,
+    );
+    await relay.connected();
+    await waitFor(() => relay.stats().sessions === 2, 5000, "pool filled");
+    for (let i = 0; i < 5; i++) {
+      const conn = await dial(matcher.clientAddr.port);
+      await conn.write(encoder.encode(`client ${i}`));
+      assert.equal(decoder.decode(await conn.read() ?? undefined), `client ${i}`);
+      conn.close();
+    }
+    await waitFor(() => matcher.stats().relays.length === 2 && relay.stats().sessions === 2, 5000, "pool refilled");
+    const count = (logs: string[], level: string, text: string) =>
+      logs.filter((line) => line.includes(` ${level} `) && line.includes(text)).length;
+    // The matcher: the first session from the relay's address is news, the other six are routine.
+    assert.equal(count(matcherLogs, "INFO ", "relay connected"), 1, matcherLogs.join("\n"));
+    assert.equal(count(matcherLogs, "DEBUG", "relay connected"), 6, matcherLogs.join("\n"));
+    // The relay: filling the pool is news, replacing a taken session is not.
+    assert.equal(count(relayLogs, "INFO ", "connected to"), 2, relayLogs.join("\n"));
+    assert.equal(count(relayLogs, "DEBUG", "connected to"), 5, relayLogs.join("\n"));
+    assert.equal(count(relayLogs, "INFO ", "ended"), 0, relayLogs.join("\n"));
+    await waitFor(() => count(relayLogs, "DEBUG", "ended") === 5, 5000, "five pool sessions ended");
+    await relay.close();
+    await matcher.close();
+    dest.close();
+  });
+
   test("event: a relay that never opens the data session lets the client fail over", async () => {
     const dest = await named("mux-relay");
     const matcher = await matcherWith({ balance: "round-robin", connectTimeout: 300 });
