@@ -684,8 +684,10 @@ class MatcherServer implements Matcher {
     });
     try {
       stream.accept();
-      await stream.write(new TextEncoder().encode(JSON.stringify({ services })));
+      // Written and half-closed without waiting in between: one frame batch.
+      const written = stream.write(new TextEncoder().encode(JSON.stringify({ services })));
       await stream.closeWrite();
+      await written;
     } catch {
       // The session ended meanwhile.
     }

@@ -464,6 +464,9 @@ class RelayClient extends EventTarget implements Relay {
   async #register(session: Session, target: Target): Promise<void> {
     const names = [...this.#destinations.keys()];
     const stream = session.openStream({ register: names.map((name) => ({ name })) });
+    // The request is all in CONNECT: half-closed at once, it goes in the same
+    // frame batch, and the stream ends with the reply, with no reset after it.
+    void stream.closeWrite();
     const decoder = new TextDecoder();
     let text = "";
     for (let chunk = await stream.read(); chunk !== null; chunk = await stream.read()) {

@@ -758,6 +758,32 @@ describe("session streams", () => {
   );
 
   test(
+    "writes and closeWrite called without waiting keep their order, also while a write waits for credit",
+    scoped(async (scope) => {
+      const received: Promise<Uint8Array>[] = [];
+      const { dialer } = await readyPair(scope, {
+        acceptor: { window: 64 * 1024, onStream: (stream) => received.push(readAll(stream)) },
+      });
+      // Small: framed at once, and the half-close right behind it.
+      const small = dialer.openStream();
+      const smallWrite = small.write(encoder.encode("just this"));
+      const smallFin = small.closeWrite();
+      // Larger than the window: the first write waits for credit, the rest queue behind it.
+      const large = dialer.openStream();
+      const bulk = pseudoRandomBytes(1024 * 1024, 21);
+      const writes = [large.write(bulk), large.write(encoder.encode("tail")), large.closeWrite()];
+      await within(Promise.all([smallWrite, smallFin, ...writes]), 10_000, "writes and half-closes");
+      await waitFor(() => received.length === 2, 3000, "both streams arrived");
+      assert.equal(decoder.decode(await within(received[0], 3000, "small stream")), "just this");
+      const got = await within(received[1], 10_000, "large stream");
+      assert.equal(got.length, bulk.length + 4);
+      assertSameBytes(got.subarray(0, bulk.length), bulk, "bulk");
+      assert.equal(decoder.decode(got.subarray(bulk.length)), "tail");
+      await assert.rejects(large.write(new Uint8Array(1)), ConnectionClosedError, "write after closeWrite");
+    }),
+  );
+
+  test(
     "streams are refused without onStream and above maxStreams",
     scoped(async (scope) => {
       const held: Stream[] = [];

@@ -167,6 +167,8 @@ export class Stream implements Conn {
   // Sending.
   #sendCredit: number;
   #creditWaiter: Waiter<void> | null = null;
+  /** The last write that could not be framed at once, while it runs: a half-close waits for it. */
+  #slowWrite: Promise<void> | null = null;
   #localFin = false;
 
   #error: Error | null = null;
@@ -391,14 +393,23 @@ export class Stream implements Conn {
     const size = chunk.length;
     if (
       size > 0 && size <= this.#sendCredit && size <= this.#host.maxFramePayload && !writer.congested &&
-      this.#error === null && !this.#localFin && !this.#released
+      this.#error === null && !this.#localFin && !this.#released && this.#slowWrite === null
     ) {
       const position = writer.frame(FrameType.TRAFFIC, this.id, chunk);
       this.#sendCredit -= size;
       this.#host.countBytes(size, 0);
       return size >= COPY_LIMIT ? writer.written(position) : RESOLVED;
     }
-    return this.#write(chunk);
+    // After a write still under way, not alongside it: bytes keep their order.
+    const before = this.#slowWrite;
+    const next = () => this.#write(chunk);
+    const written = this.#slowWrite = before === null ? this.#write(chunk) : before.then(next, next);
+    written.then(() => this.#slowWriteDone(written), () => this.#slowWriteDone(written));
+    return written;
+  }
+
+  #slowWriteDone(written: Promise<void>): void {
+    if (this.#slowWrite === written) this.#slowWrite = null;
   }
 
   async #write(chunk: Uint8Array): Promise<void> {
@@ -427,8 +438,15 @@ export class Stream implements Conn {
     if (keptUntil >= 0) await this.#host.writer.written(keptUntil);
   }
 
-  /** Half-closes: the peer reads `null` after the bytes written so far. */
+  /**
+   * Half-closes: the peer reads `null` after the bytes written so far, also
+   * those of a write still waiting for window credit (so a small message and
+   * the half-close after it can be sent without waiting in between: they go
+   * out in one frame batch).
+   */
   closeWrite(): Promise<void> {
+    const waiting = this.#slowWrite;
+    if (waiting !== null) return waiting.then(() => this.closeWrite(), () => this.closeWrite());
     if (this.#localFin || this.#released) return Promise.resolve();
     this.#localFin = true;
     this.#host.writer.frame(FrameType.FIN, this.id);
