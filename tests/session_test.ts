@@ -370,6 +370,9 @@ describe("session handshake", () => {
       assert.deepEqual(fromDialer, { role: "relay", name: "r1", window: 100_000, maxFrame: MAX_PAYLOAD });
       assert.deepEqual(dialer.peerHello, fromAcceptor);
       assert.deepEqual(acceptor.peerHello, fromDialer);
+      // Asked again after the handshake (a session then drops its promise): the same HELLO.
+      assert.deepEqual(await dialer.ready, fromAcceptor);
+      assert.deepEqual(await acceptor.ready, fromDialer);
       for (const session of [dialer, acceptor]) {
         assert.equal(session.acceptingStreams, true);
         assert.equal(session.isClosed, false);
@@ -551,6 +554,8 @@ describe("session streams", () => {
       assert.deepEqual(await good.accepted, { via: "dialer" });
       const data = pseudoRandomBytes(5000, 23);
       assert.ok(Buffer.from(await roundTrip(good, data)).equals(Buffer.from(data)));
+      // Asked again once accepted (the stream then keeps only the metadata): the same answer.
+      assert.deepEqual(await good.accepted, { via: "dialer" });
       const refused = acceptor.openStream({ refuse: true });
       await assert.rejects(refused.accepted, /reset by peer: unreachable: no destination/);
       assert.throws(() => good.accept(), /only the receiving side accepts/);

@@ -330,15 +330,17 @@ export class Session implements StreamHost {
   /** Whether the peer's end of the connection was read; a Deferred while a graceful close waits for it. */
   #peerEnded: Deferred<void> | boolean = false;
   #closeError: Error | null = null;
-  // Quiet: a failed handshake is observed through `closed` too.
-  readonly #ready = new Deferred<Hello>(true);
+  // Quiet: a failed handshake is observed through `closed` too. Dropped once
+  // the handshake is done: a session of the pool or event channel lives as
+  // long as its client, and an awaited promise with it.
+  #ready: Deferred<Hello> | null = new Deferred<Hello>(true);
   /** Made when someone asks for `closed`: sessions of the pool and event channels are watched with whenClosed. */
   #closed: Deferred<string> | null = null;
   #closeListeners: Array<(reason: string) => void> | null = null;
 
   /** Resolves with the peer's HELLO once the handshake is complete; rejects if the session ends first. */
   get ready(): Promise<Hello> {
-    return this.#ready.promise;
+    return this.#ready?.promise ?? Promise.resolve(this.#peerHello!);
   }
 
   /** Resolves with the reason once the session has ended. */
@@ -781,7 +783,8 @@ export class Session implements StreamHost {
     if (this.#handshakeTimer !== null) clearTimeout(this.#handshakeTimer);
     this.#handshakeTimer = null;
     this.#startHeartbeat();
-    this.#ready.resolve(this.#peerHello!);
+    this.#ready!.resolve(this.#peerHello!);
+    this.#ready = null;
   }
 
   #acceptStream(id: number, payload: Uint8Array): void {
@@ -886,7 +889,7 @@ export class Session implements StreamHost {
     const streamError = new ConnectionClosedError(`session closed: ${reason}`);
     for (const stream of this.#streams.list()) stream.abort(streamError);
     this.#streams.clear();
-    if (!wasOpen) this.#ready.reject(new Error(`session ended before the handshake completed: ${reason}`));
+    if (!wasOpen) this.#ready!.reject(new Error(`session ended before the handshake completed: ${reason}`));
     if (graceful) {
       // Never wait long on a stuck peer.
       const timer = setTimeout(() => this.#conn.close(), LINGER);

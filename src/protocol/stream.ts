@@ -184,7 +184,9 @@ export class Stream implements Conn {
   // Quiet: a refusal is reported by read() and write() too. Made up front only
   // for a stream opened here, whose opener waits for it; on the other side
   // it is made if someone asks.
-  #accepted: Deferred<Record<string, unknown>> | null;
+  // Once the peer accepted, only its metadata is kept: the promise, awaited
+  // by the opener, would live as long as the stream.
+  #accepted: Deferred<Record<string, unknown>> | Record<string, unknown> | null;
 
   /**
    * Made by a session for each stream; applications get streams from it.
@@ -225,12 +227,13 @@ export class Stream implements Conn {
    * `write()` report too).
    */
   get accepted(): Promise<Record<string, unknown>> {
-    if (this.#accepted === null) {
-      // Only on the receiving side, which never resolves it.
-      this.#accepted = new Deferred(true);
-      if (this.#released && !this.#acknowledged) this.#accepted.reject(this.#notAccepted());
-    }
-    return this.#accepted.promise;
+    const accepted = this.#accepted;
+    if (accepted instanceof Deferred) return accepted.promise;
+    if (accepted !== null) return Promise.resolve(accepted);
+    // Only on the receiving side, which never resolves it.
+    const deferred = this.#accepted = new Deferred<Record<string, unknown>>(true);
+    if (this.#released && !this.#acknowledged) deferred.reject(this.#notAccepted());
+    return deferred.promise;
   }
 
   /**
@@ -547,7 +550,8 @@ export class Stream implements Conn {
     }
     if (this.#acknowledged) throw new ProtocolError("bad-frame", `peer accepted stream ${this.id} twice`);
     this.#acknowledged = true;
-    this.#accepted!.resolve(meta);
+    (this.#accepted as Deferred<Record<string, unknown>>).resolve(meta);
+    this.#accepted = meta;
   }
 
   /** The peer reset the stream (DISCONNECT). Bytes that arrived before stay readable. */
@@ -619,7 +623,7 @@ export class Stream implements Conn {
       waiter.reject(error ?? new ConnectionClosedError(`stream ${this.id} closed`));
     }
     this.#host.release(this);
-    if (!this.#acknowledged) this.#accepted?.reject(this.#notAccepted());
+    if (!this.#acknowledged && this.#accepted instanceof Deferred) this.#accepted.reject(this.#notAccepted());
     this.#closed?.resolve();
   }
 }
