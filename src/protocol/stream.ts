@@ -183,9 +183,8 @@ export class Stream implements Conn {
   #acknowledged = false;
   // Quiet: a refusal is reported by read() and write() too. Made up front only
   // for a stream opened here, whose opener waits for it; on the other side
-  // it is made if someone asks.
-  // Once the peer accepted, only its metadata is kept: the promise, awaited
-  // by the opener, would live as long as the stream.
+  // it is made if someone asks. Once the peer accepted, only its metadata is
+  // kept: the promise, awaited by the opener, would live as long as the stream.
   #accepted: Deferred<Record<string, unknown>> | Record<string, unknown> | null;
 
   /**
@@ -407,7 +406,8 @@ export class Stream implements Conn {
     const before = this.#slowWrite;
     const next = () => this.#write(chunk);
     const written = this.#slowWrite = before === null ? this.#write(chunk) : before.then(next, next);
-    written.then(() => this.#slowWriteDone(written), () => this.#slowWriteDone(written));
+    const done = () => this.#slowWriteDone(written);
+    written.then(done, done);
     return written;
   }
 
