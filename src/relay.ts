@@ -448,7 +448,8 @@ class RelayClient extends EventTarget implements Relay {
     );
     this.#emit("connected", { matcher: target.label, sessions: this.#sessions.size });
     this.#wakeConnectedWaiters();
-    session.closed.then((reason) => {
+    // A listener, not `closed`: with pool, every client's session would keep a promise and its reaction.
+    session.whenClosed((reason) => {
       this.#sessions.delete(session);
       if (this.#stopping) return;
       // A pool session ends after its one client: routine, like its replacement.
