@@ -404,8 +404,14 @@ export class Stream implements Conn {
     }
     // After a write still under way, not alongside it: bytes keep their order.
     const before = this.#slowWrite;
-    const next = () => this.#write(chunk);
-    const written = this.#slowWrite = before === null ? this.#write(chunk) : before.then(next, next);
+    let written: Promise<void>;
+    if (before === null) {
+      written = this.#write(chunk);
+    } else {
+      const next = () => this.#write(chunk);
+      written = before.then(next, next);
+    }
+    this.#slowWrite = written;
     const done = () => this.#slowWriteDone(written);
     written.then(done, done);
     return written;
@@ -449,7 +455,10 @@ export class Stream implements Conn {
    */
   closeWrite(): Promise<void> {
     const waiting = this.#slowWrite;
-    if (waiting !== null) return waiting.then(() => this.closeWrite(), () => this.closeWrite());
+    if (waiting !== null) {
+      const retry = () => this.closeWrite();
+      return waiting.then(retry, retry);
+    }
     if (this.#localFin || this.#released) return Promise.resolve();
     this.#localFin = true;
     this.#host.writer.frame(FrameType.FIN, this.id);
