@@ -11,6 +11,7 @@ import { pipe, type PipeResult, pipeThen } from "../src/pipe.ts";
 import { Session } from "../src/protocol/session.ts";
 import type { Stream } from "../src/protocol/stream.ts";
 import { memoryTransport } from "../src/transport/memory.ts";
+import { Inbound } from "../src/transport/inbound.ts";
 import { MAX_READ, ReadBuffers } from "../src/transport/read_buffers.ts";
 import { prefixConn } from "../src/transport/websocket.ts";
 import type { Conn } from "../src/transport/types.ts";
@@ -83,6 +84,42 @@ describe("read buffers", () => {
       buffers.giveBack(chunk);
     }
     assertIntact(kept, 5, "kept chunk");
+  });
+
+  test("bulk reads fill the rest of a buffer, and reads queued back to back reach the reader as one chunk", () => {
+    const buffers = new ReadBuffers();
+    const queue = new Inbound(MAX_READ, {
+      pause() {},
+      resume() {},
+      delivered: (chunk, borrowed) => borrowed && buffers.lend(chunk),
+    });
+    const sizes = [160_000, 160_000, 100_000];
+    sizes.forEach((n, i) => {
+      if (queue.pushJoined(fakeRead(buffers, MAX_READ, n, i * 50))) buffers.joined();
+    });
+    let taken: Uint8Array | null = null;
+    queue.readBorrowedThen((chunk) => taken = chunk, (error) => assert.fail(error));
+    assert.ok(taken !== null);
+    const chunk: Uint8Array = taken;
+    assert.equal(chunk.length, 420_000, "one chunk holds all three reads");
+    let at = 0;
+    sizes.forEach((n, i) => {
+      assertIntact(chunk.subarray(at, at + n), i * 50, `read ${i}`);
+      at += n;
+    });
+
+    // A fourth read while the joined chunk is lent goes after it in the same buffer, queued apart.
+    const fourth = buffers.room(MAX_READ);
+    assert.equal(fourth.buffer, chunk.buffer);
+    assert.equal(fourth.byteOffset, 420_000);
+    assert.equal(fourth.length, MAX_READ - 420_000, "the rest of the buffer, not a new one");
+
+    // Given back as one, the joined chunk frees the buffer: the next read starts at its beginning.
+    queue.giveBack(chunk);
+    buffers.giveBack(chunk);
+    const again = buffers.room(MAX_READ);
+    assert.equal(again.buffer, chunk.buffer);
+    assert.equal(again.byteOffset, 0, "every chunk of the buffer came back");
   });
 
   test("a second give-back, or a chunk that was never lent, frees nothing", () => {

@@ -86,6 +86,8 @@ class DenoConn implements Conn, InboundFlow {
   readonly #inbound: Inbound = new Inbound(READ_AHEAD, this, sharedReadBudget);
   #reading = false;
   #readSize = MIN_READ;
+  /** Room given to the read under way: less than `#readSize` when it fills the rest of a buffer. */
+  #asked = 0;
   /** Where reads land; chunks lent by {@linkcode readBorrowed} let their memory be read into again. */
   readonly #buffers = new ReadBuffers();
   #wroteFin = false;
@@ -166,6 +168,7 @@ class DenoConn implements Conn, InboundFlow {
       return;
     }
     const buffer = this.#buffers.room(this.#readSize);
+    this.#asked = buffer.length;
     this.#conn.read(buffer).then(this.#onRead, this.#onReadError);
   }
 
@@ -182,8 +185,10 @@ class DenoConn implements Conn, InboundFlow {
       return;
     }
     const size = this.#readSize;
-    if (n === size) this.#readSize = Math.min(size * 2, MAX_READ);
-    else if (n < size >>> 2) this.#readSize = Math.max(size >>> 1, MIN_READ);
+    // A read given less room than asked (the rest of a buffer) and filled says nothing about the size.
+    if (n === this.#asked) {
+      if (n === size) this.#readSize = Math.min(size * 2, MAX_READ);
+    } else if (n < size >>> 2) this.#readSize = Math.max(size >>> 1, MIN_READ);
     // A small chunk for an idle reader is a request or a reply: read next
     // only when asked, so its answer is written first (one syscall less
     // before it). Bulk data keeps the reads going.
@@ -191,7 +196,7 @@ class DenoConn implements Conn, InboundFlow {
     // Settled first: a reader called back may read again at once, and that
     // must start the next read.
     if (interactive) this.#reading = false;
-    this.#inbound.push(this.#buffers.filled(n));
+    if (this.#inbound.pushJoined(this.#buffers.filled(n))) this.#buffers.joined();
     if (!interactive) this.#readNext();
   };
 

@@ -198,6 +198,31 @@ export class Inbound {
     if (!this.#paused && (this.#buffered >= this.#highWater || this.#budget?.exceeded)) this.#pause();
   }
 
+  /**
+   * Like {@linkcode Inbound.push}, but if `chunk` continues the last queued
+   * chunk in memory, the two become one view: a reader then takes whatever
+   * was read since it last asked, in one chunk. A copy loop moves a chunk per
+   * turn, so without this a socket read in small pieces (a small receive
+   * buffer) got a small share of a link shared with others.
+   *
+   * @returns whether `chunk` was joined to the last queued chunk
+   */
+  pushJoined(chunk: Uint8Array): boolean {
+    const chunks = this.#chunks;
+    const last = chunks.length > 0 && this.#onChunk === null && !this.failed && !this.#closedLocally
+      ? chunks[chunks.length - 1]
+      : undefined;
+    if (last === undefined || last.buffer !== chunk.buffer || last.byteOffset + last.length !== chunk.byteOffset) {
+      this.push(chunk);
+      return false;
+    }
+    chunks[chunks.length - 1] = new Uint8Array(last.buffer, last.byteOffset, last.length + chunk.length);
+    this.#buffered += chunk.length;
+    if (this.#budget) this.#budget.queued += chunk.length;
+    if (!this.#paused && (this.#buffered >= this.#highWater || this.#budget?.exceeded)) this.#pause();
+    return true;
+  }
+
   /** The peer finished sending: after the queued bytes, reads give `null`. */
   end(): void {
     if (this.#closedLocally || this.#eof) return;

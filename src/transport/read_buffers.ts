@@ -59,11 +59,19 @@ export class ReadBuffers {
   #current: Slab = EMPTY;
   #older: Older[] | null = null;
 
-  /** Memory for the next read of up to `size` bytes: the rest of the current buffer, a free one, or a new one. */
+  /**
+   * Memory for the next read of up to `size` bytes: the rest of the current
+   * buffer, a free one, or a new one. A bulk read may get less than `size`:
+   * the rest of a full-size buffer, if at least {@linkcode BULK_READ}, so
+   * that reads land back to back and queued chunks can join up (see
+   * {@linkcode ReadBuffers.joined}).
+   */
   room(size: number): Uint8Array {
     let slab = this.#current;
     if (slab.out === 0 && !slab.kept && slab.bytes.length >= size) slab.used = 0;
-    if (slab.bytes.length - slab.used < size) {
+    const rest = slab.bytes.length - slab.used;
+    if (size >= BULK_READ && rest >= BULK_READ && slab.bytes.length === MAX_READ) size = Math.min(size, rest);
+    if (rest < size) {
       // Only full-size buffers are ever read into again, so only they are
       // followed once reads move on; a small one is left to its chunks.
       if (slab.bytes.length === MAX_READ) {
@@ -86,6 +94,14 @@ export class ReadBuffers {
     slab.used += n;
     slab.out++;
     return chunk;
+  }
+
+  /**
+   * The chunk of the last {@linkcode filled} became part of the chunk read
+   * just before it, which is still queued: the two are out as one.
+   */
+  joined(): void {
+    this.#current.out--;
   }
 
   /** `chunk` is its reader's for good: its buffer is never read into again. */
