@@ -193,8 +193,13 @@ export class Inbound {
       return;
     }
     this.#chunks.push(chunk);
-    this.#buffered += chunk.length;
-    if (this.#budget) this.#budget.queued += chunk.length;
+    this.#queue(chunk.length);
+  }
+
+  /** `length` more bytes are queued: past the high-water mark or the budget, the socket pauses. */
+  #queue(length: number): void {
+    this.#buffered += length;
+    if (this.#budget) this.#budget.queued += length;
     if (!this.#paused && (this.#buffered >= this.#highWater || this.#budget?.exceeded)) this.#pause();
   }
 
@@ -217,9 +222,7 @@ export class Inbound {
       return false;
     }
     chunks[chunks.length - 1] = new Uint8Array(last.buffer, last.byteOffset, last.length + chunk.length);
-    this.#buffered += chunk.length;
-    if (this.#budget) this.#budget.queued += chunk.length;
-    if (!this.#paused && (this.#buffered >= this.#highWater || this.#budget?.exceeded)) this.#pause();
+    this.#queue(chunk.length);
     return true;
   }
 
