@@ -214,10 +214,13 @@ export class Inbound {
    */
   pushJoined(chunk: Uint8Array): boolean {
     const chunks = this.#chunks;
-    const last = chunks.length > 0 && this.#onChunk === null && !this.failed && !this.#closedLocally
-      ? chunks[chunks.length - 1]
-      : undefined;
-    if (last === undefined || last.buffer !== chunk.buffer || last.byteOffset + last.length !== chunk.byteOffset) {
+    // Queued bytes mean no reader waits and this side did not close; a failed
+    // connection still holds its queue, but push() drops what comes after.
+    const last = chunks[chunks.length - 1];
+    if (
+      last === undefined || this.failed || last.buffer !== chunk.buffer ||
+      last.byteOffset + last.length !== chunk.byteOffset
+    ) {
       this.push(chunk);
       return false;
     }
