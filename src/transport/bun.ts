@@ -143,11 +143,13 @@ interface HandshakeWatch {
 
 /** One Bun socket as a {@linkcode Conn}. */
 class BunConn implements Conn, InboundFlow {
-  // Kept as fields and made into objects when asked for (seldom: for logs):
-  // an idle connection holds two objects fewer.
-  #localHost = "";
+  // Read from the socket when first asked, as each getter is a system call and
+  // most connections are never asked (a relay's to its destination); accepted
+  // ones read the peer's at once. Kept as fields, made into objects when asked
+  // for: an idle connection holds two objects fewer. null: not read yet.
+  #localHost: string | null = null;
   #localPort = 0;
-  #remoteHost = "";
+  #remoteHost: string | null = null;
   #remotePort = 0;
   #socket: BunSocketLike | null = null;
   // The connection is the queue's flow itself: no object and closures per connection.
@@ -173,19 +175,26 @@ class BunConn implements Conn, InboundFlow {
   attach(socket: BunSocketLike): void {
     // No setNoDelay(true): uSockets sets TCP_NODELAY on every socket it opens or accepts.
     this.#socket = socket;
-    // Read now, while the socket is open: afterwards Bun no longer knows them.
-    this.#localHost = socket.localAddress ?? "";
-    this.#localPort = socket.localPort;
-    this.#remoteHost = socket.remoteAddress;
-    this.#remotePort = socket.remotePort ?? 0;
   }
 
+  /** Empty if first asked once the connection is closed: Bun no longer knows them then. */
   get localAddr(): Addr {
-    return { hostname: this.#localHost, port: this.#localPort };
+    const socket = this.#socket;
+    if (this.#localHost === null && socket !== null && !this.#done) {
+      this.#localHost = socket.localAddress ?? "";
+      this.#localPort = socket.localPort ?? 0;
+    }
+    return { hostname: this.#localHost ?? "", port: this.#localPort };
   }
 
+  /** Empty if first asked once the connection is closed: Bun no longer knows them then. */
   get remoteAddr(): Addr {
-    return { hostname: this.#remoteHost, port: this.#remotePort };
+    const socket = this.#socket;
+    if (this.#remoteHost === null && socket !== null && !this.#done) {
+      this.#remoteHost = socket.remoteAddress ?? "";
+      this.#remotePort = socket.remotePort ?? 0;
+    }
+    return { hostname: this.#remoteHost ?? "", port: this.#remotePort };
   }
 
   // ---- Conn ----
@@ -367,8 +376,11 @@ const handlers: BunHandlers = {
   binaryType: "uint8array",
   open(socket) {
     // Listener sockets get their state here; dialed ones brought it along.
-    if (!(socket.data instanceof BunConn)) socket.data = new BunConn();
-    socket.data.attach(socket);
+    if (socket.data instanceof BunConn) return socket.data.attach(socket);
+    const conn = socket.data = new BunConn();
+    conn.attach(socket);
+    // A server logs and checks its peers, sometimes once the socket is gone (a handshake that timed out).
+    conn.remoteAddr;
   },
   data: (socket, data) => socket.data.onData(data),
   drain: (socket) => socket.data.onDrain(),

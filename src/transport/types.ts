@@ -19,9 +19,9 @@ export interface Addr {
  * one multiplexed stream. One reader and one writer at a time.
  */
 export interface Conn {
-  /** This end's address. */
+  /** This end's address; ask while the connection is open (a Bun one first asked after it closed does not know). */
   readonly localAddr: Addr;
-  /** The peer's address. */
+  /** The peer's address; the same holds, except for accepted connections, which know it from the start. */
   readonly remoteAddr: Addr;
   /**
    * Resolves with the next chunk of bytes, or `null` once the peer has
