@@ -172,15 +172,18 @@ class BunConn implements Conn, InboundFlow {
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
   #awaitingPeerClose = false;
 
-  attach(socket: BunSocketLike): void {
+  /** @param accepted a listener's socket: its peer's address is read now. */
+  attach(socket: BunSocketLike, accepted: boolean): void {
     // No setNoDelay(true): uSockets sets TCP_NODELAY on every socket it opens or accepts.
     this.#socket = socket;
+    // A server logs and checks its peers, sometimes once the socket is gone (a handshake that timed out).
+    if (accepted) this.#readRemote();
   }
 
   /** Empty if first asked once the connection is closed: Bun no longer knows them then. */
   get localAddr(): Addr {
     const socket = this.#socket;
-    if (this.#localHost === null && socket !== null && !this.#done) {
+    if (this.#localHost === null && socket !== null) {
       this.#localHost = socket.localAddress ?? "";
       this.#localPort = socket.localPort ?? 0;
     }
@@ -189,12 +192,15 @@ class BunConn implements Conn, InboundFlow {
 
   /** Empty if first asked once the connection is closed: Bun no longer knows them then. */
   get remoteAddr(): Addr {
-    const socket = this.#socket;
-    if (this.#remoteHost === null && socket !== null && !this.#done) {
-      this.#remoteHost = socket.remoteAddress ?? "";
-      this.#remotePort = socket.remotePort ?? 0;
-    }
+    this.#readRemote();
     return { hostname: this.#remoteHost ?? "", port: this.#remotePort };
+  }
+
+  #readRemote(): void {
+    const socket = this.#socket;
+    if (this.#remoteHost !== null || socket === null) return;
+    this.#remoteHost = socket.remoteAddress ?? "";
+    this.#remotePort = socket.remotePort ?? 0;
   }
 
   // ---- Conn ----
@@ -376,11 +382,9 @@ const handlers: BunHandlers = {
   binaryType: "uint8array",
   open(socket) {
     // Listener sockets get their state here; dialed ones brought it along.
-    if (socket.data instanceof BunConn) return socket.data.attach(socket);
-    const conn = socket.data = new BunConn();
-    conn.attach(socket);
-    // A server logs and checks its peers, sometimes once the socket is gone (a handshake that timed out).
-    conn.remoteAddr;
+    const accepted = !(socket.data instanceof BunConn);
+    if (accepted) socket.data = new BunConn();
+    socket.data.attach(socket, accepted);
   },
   data: (socket, data) => socket.data.onData(data),
   drain: (socket) => socket.data.onDrain(),
